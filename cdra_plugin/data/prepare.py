@@ -1,0 +1,140 @@
+"""``cdra data prepare``: DeepPref trees or PrefEval pairs -> training and evaluation files, all or nothing.
+
+    prepare_deeppref("trees/", "out/", PrepareOptions(eval_size=300, seed=0))   # 4 jsonl files + stats.json
+    prepare_prefeval("prefeval_explicit/", "out/", PrepareOptions())           # rl_prompts, eval, stats.json
+
+Outputs are written through :class:`AtomicFiles` (nothing half-written survives a failure). An output directory
+that already holds any of the known output names is refused unless ``overwrite`` is set; with it, known outputs
+this mode does not produce (e.g. ``prm_sft.jsonl`` left from a DeepPref run, when preparing PrefEval) are removed
+after the new set is in place, so ``stats.json`` always describes every file beside it.
+"""
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cdra_plugin import __version__
+from cdra_plugin.data.convert import EVAL, PRM_EXAMPLE_MODES, PRM_SFT, RFT, RL_PROMPTS, deeppref_rows, prefeval_rows
+from cdra_plugin.data.loader import Loaded, load_deeppref, load_prefeval
+from cdra_plugin.data.split import eval_units, units_of
+from cdra_plugin.data.stats import Stats
+from cdra_plugin.data.writer import AtomicFiles
+
+STATS = "stats.json"
+DEEPPREF_OUTPUTS = (PRM_SFT, RFT, RL_PROMPTS, EVAL)
+PREFEVAL_OUTPUTS = (RL_PROMPTS, EVAL)
+KNOWN_OUTPUTS = (*DEEPPREF_OUTPUTS, STATS)
+OPTIONS_USED = {
+    "deeppref": ("eval_size", "seed", "top_k", "prm_examples", "skip_invalid"),
+    "prefeval": ("eval_size", "seed", "skip_invalid"),
+}
+
+
+class PrepareError(ValueError):
+    """A request that cannot be carried out (existing outputs, nothing valid to convert, bad option)."""
+
+
+@dataclass
+class PrepareOptions:
+    eval_size: int = 300
+    seed: int = 0
+    top_k: int = 1
+    prm_examples: str = "node"
+    skip_invalid: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+def check_output_dir(output: Path, overwrite: bool) -> None:
+    """Refuse to replace earlier outputs silently, and refuse names taken by directories."""
+    if output.exists() and not output.is_dir():
+        raise PrepareError(f"--output {output} exists and is not a directory")
+    present = [name for name in KNOWN_OUTPUTS if (output / name).exists()]
+    blocked = [name for name in present if (output / name).is_dir()]
+    if blocked:
+        raise PrepareError(
+            f"{output} has directories named {', '.join(blocked)}: move them or choose another --output"
+        )
+    if present and not overwrite:
+        raise PrepareError(
+            f"{output} already holds {', '.join(present)}; pass --overwrite to replace them or choose another --output"
+        )
+
+
+def _check_options(options: PrepareOptions) -> None:
+    if options.top_k < 1:
+        raise PrepareError(f"--top-k must be >= 1, got {options.top_k}")
+    if options.prm_examples not in PRM_EXAMPLE_MODES:
+        raise PrepareError(f"--prm-examples must be one of {', '.join(PRM_EXAMPLE_MODES)}")
+
+
+def _valid_records(loaded: Loaded, spec) -> list:
+    if not loaded.records:
+        raise PrepareError(f"no valid record in {spec} ({len(loaded.skipped)} skipped); nothing to write")
+    return loaded.records
+
+
+def _write(output: Path, names: tuple[str, ...], rows: Iterator[tuple[str, dict]], stats_body) -> dict:
+    """Stream ``rows`` into ``names`` and then ``stats.json``, atomically; returns the stats written."""
+    counts = dict.fromkeys(names, 0)
+    with AtomicFiles(output) as files:
+        streams = {name: files.open(name) for name in names}
+        for name, row in rows:
+            streams[name].write(json.dumps(row, ensure_ascii=False) + "\n")
+            counts[name] += 1
+        stats = stats_body(counts)
+        files.write_json(STATS, stats)
+    for stale in set(KNOWN_OUTPUTS) - {*names, STATS}:
+        (output / stale).unlink(missing_ok=True)
+    return stats
+
+
+def _header(source: str, spec, loaded: Loaded, options: PrepareOptions, units: int, eval_keys: set) -> dict:
+    return {
+        "cdra_plugin": __version__,
+        "source": source,
+        "input": str(spec),
+        "files": loaded.files,
+        "options": {k: v for k, v in asdict(options).items() if k in OPTIONS_USED[source]},
+        "records": {"valid": len(loaded.records), "distinct_scenarios": units, "eval_scenarios": len(eval_keys)},
+        "skipped": {"count": len(loaded.skipped), "records": [err.as_dict() for err in loaded.skipped]},
+    }
+
+
+def _progress(records: list, options: PrepareOptions, what: str):
+    return tqdm(records, desc=f"prepare {what}", unit="record", disable=not options.progress, file=sys.stderr)
+
+
+def prepare_deeppref(spec, output, options: PrepareOptions) -> dict:
+    """prm_sft.jsonl, rft.jsonl, rl_prompts.jsonl, eval.jsonl and stats.json from DeepPref trees."""
+    output = Path(output)
+    _check_options(options)
+    check_output_dir(output, options.overwrite)
+    loaded = load_deeppref(spec, options.skip_invalid)
+    scenarios = _valid_records(loaded, spec)
+    units = units_of(scenarios)
+    eval_keys = eval_units(units, options.eval_size, options.seed)
+    stats = Stats()
+    rows = deeppref_rows(
+        _progress(scenarios, options, "DeepPref"), eval_keys, stats, options.top_k, options.prm_examples
+    )
+    header = _header("deeppref", spec, loaded, options, len(units), eval_keys)
+    return _write(output, DEEPPREF_OUTPUTS, rows, lambda counts: {**header, "outputs": counts, **stats.to_dict()})
+
+
+def prepare_prefeval(spec, output, options: PrepareOptions) -> dict:
+    """rl_prompts.jsonl, eval.jsonl and stats.json from PrefEval (preference, question) pairs."""
+    output = Path(output)
+    check_output_dir(output, options.overwrite)
+    loaded = load_prefeval(spec, options.skip_invalid)
+    pairs = _valid_records(loaded, spec)
+    units = units_of(pairs)
+    eval_keys = eval_units(units, options.eval_size, options.seed)
+    stats = Stats()
+    rows = prefeval_rows(_progress(pairs, options, "PrefEval"), eval_keys, stats)
+    header = _header("prefeval", spec, loaded, options, len(units), eval_keys)
+    return _write(output, PREFEVAL_OUTPUTS, rows, lambda counts: {**header, "outputs": counts, **stats.to_dict()})
