@@ -1,9 +1,9 @@
 """The ``cdra`` command: one sub-command group per stage of the pipeline.
 
-    cdra --version
-    cdra data prepare --input trees/ --output out/
-    cdra prm serve --backend http://127.0.0.1:8000/v1 --model pers-genprm
-    cdra traces show traces.jsonl
+cdra --version
+cdra data prepare --input trees/ --output out/
+cdra prm serve --backend http://127.0.0.1:8000/v1 --model pers-genprm
+cdra traces show traces.jsonl
 """
 
 import argparse

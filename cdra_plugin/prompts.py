@@ -101,6 +101,9 @@ Previous Steps:
 New Thought to Evaluate:
 {current_step}"""
 
+# End-of-turn token texts a decoded response may end with (OpenRLHF decodes with special tokens kept); they are
+# stripped from the step text the PRM judges.
+DEFAULT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<eos>", "<end_of_turn>")
 _FIELD = re.compile(r"\{(\w+)\}")
 # The last "SCORE" label, tolerant of markdown (**SCORE:**), brackets and trailing text: "SCORE: [0.7]".
 _SCORE = re.compile(r"SCORE\s*\**\s*[:=]\s*\**\s*[\[(]?\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)", re.I)

@@ -1,0 +1,212 @@
+"""``cdra prm serve`` (the gateway) and ``cdra prm score`` (offline scoring of a JSONL file).
+
+    cdra prm serve --backend http://127.0.0.1:8000/v1,http://127.0.0.1:8001/v1 --model pers-genprm
+    cdra prm serve --backend https://api.openai.com/v1 --model gpt-4.1 --api-key-env OPENAI_API_KEY
+    cdra prm score --backend http://127.0.0.1:8000/v1 --model pers-genprm --input r.jsonl --output scored.jsonl
+
+The gateway speaks OpenRLHF's remote reward-model protocol: train with --reward.remote_url http://HOST:PORT/get_reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cdra_plugin.prompts import DEFAULT_END_TOKENS
+
+# The serving stack (openai, fastapi, torch via steps) is imported when a command runs, so `cdra --help` is instant.
+
+logger = logging.getLogger("cdra.prm")
+HOST_TIMEOUT_S = 180  # OpenRLHF's aiohttp timeout for one remote RM request
+
+
+def _scoring_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("PRM backend")
+    g.add_argument("--backend", required=True, help="OpenAI-compatible base URL(s), comma-separated "
+                   "(vLLM/SGLang replicas or a hosted API); a URL without a path gets /v1")  # fmt: skip
+    g.add_argument("--model", required=True, help="model name the backend serves (vllm serve --served-model-name)")
+    g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the backend API key "
+                   "(never logged); without it the key 'EMPTY' is sent")  # fmt: skip
+    g.add_argument("--prompt-format", choices=["chat", "completion"], default="chat",
+                   help="chat: the prompt as one user message (the server applies the chat template); "
+                   "completion: the filled template as raw text")  # fmt: skip
+    g.add_argument("--concurrency", type=int, default=64, help="PRM calls in flight per backend (default 64)")
+    g.add_argument("--timeout", type=float, default=45.0, help="seconds per PRM call (default 45)")
+    g.add_argument("--retries", type=int, default=2, help="retries of a failed PRM call (default 2)")
+    g.add_argument("--backoff", type=float, default=0.5, help="base of the exponential backoff, s (default 0.5)")
+    g.add_argument("--backoff-max", type=float, default=8.0, help="cap of one backoff wait, s (default 8)")
+    g = p.add_argument_group("step scoring (Pers-GenPRM, paper Sec. 2.3)")
+    g.add_argument("--template", metavar="FILE", help="PRM prompt template overriding Fig. 15; fields {preference} "
+                   "{question} {previous_steps} {current_step}")  # fmt: skip
+    g.add_argument("--max-steps", type=int, default=32, help="steps per response; later ones merge into the last "
+                   "(= the carrier width the trainer reads, default 32)")  # fmt: skip
+    g.add_argument("--k", type=int, default=1, help="critiques sampled per step (Appendix D; default 1)")
+    g.add_argument("--k-aggregation", choices=["mean", "median"], default="mean", help="how k scores combine")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 for k=1, else 1)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-tokens", type=int, default=1024, help="critique length limit (default 1024)")
+    g.add_argument("--end-tokens", default=",".join(DEFAULT_END_TOKENS),
+                   help="comma-separated end-of-sequence texts removed from the end of a response")  # fmt: skip
+    g.add_argument("--failure-policy", default="fail", metavar="drop|fail|score=X",
+                   help="a sample with a step unscored after retries: fail = HTTP 502 (default); drop = mark it "
+                   "invalid, honoured by cdra-train only; score=X = give failed steps X")  # fmt: skip
+    g.add_argument("--reward-aggregation", choices=["sum", "mean"], default="sum",
+                   help="reward = sum of step scores (R_dense, paper) or their mean")  # fmt: skip
+    g.add_argument("--cache-size", type=int, default=16384, help="results kept (LRU, default 16384; 0 = off)")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_parser(subparsers) -> None:
+    prm = subparsers.add_parser("prm", help="Pers-GenPRM step-wise reward gateway and offline scoring")
+    sub = prm.add_subparsers(dest="prm_command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (OpenRLHF --reward.remote_url .../get_reward)",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _scoring_options(serve)
+    g = serve.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    g.add_argument("--auth-token-env", metavar="VAR", help="require 'Authorization: Bearer <token>' with the token "
+                   "from this environment variable (basic auth with it as password is accepted too)")  # fmt: skip
+    g.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit in MiB (default 16)")
+    serve.set_defaults(func=run_serve)
+
+    score = sub.add_parser("score", help="score a JSONL file of responses step by step (resumable)",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _scoring_options(score)
+    g = score.add_argument_group("files")
+    g.add_argument("--input", type=Path, required=True, help="responses JSONL: {id, preference, question, response} "
+                   "per line (or {id, label, response}, or OpenRLHF's {id, prompt, query, label})")  # fmt: skip
+    g.add_argument("--output", type=Path, required=True, help="scored JSONL; records already there are skipped")
+    g.add_argument("--parallel", type=int, default=64, help="responses scored at once (default 64)")
+    score.set_defaults(func=run_score)
+
+
+def _secret(var: str | None, option: str) -> str | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ValueError(f"{option} {var}: the environment variable {var} is not set or empty")
+    return value
+
+
+def build_gateway(args: argparse.Namespace):
+    """The ``Gateway`` the options describe; ``ValueError`` naming the option otherwise."""
+    from cdra_plugin.prm.client import PRMClient
+    from cdra_plugin.prm.metrics import Metrics
+    from cdra_plugin.prm.policy import FailurePolicy
+    from cdra_plugin.prm.scoring import StepScorer, load_template
+    from cdra_plugin.prm.server import Gateway
+
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
+    if args.k > 1 and temperature == 0:
+        raise ValueError("--k > 1 with --temperature 0 samples k identical critiques; set --temperature > 0")
+    metrics = Metrics()
+    client = PRMClient(
+        [u for u in args.backend.split(",") if u.strip()],
+        args.model,
+        api_key=_secret(args.api_key_env, "--api-key-env"),
+        prompt_format=args.prompt_format,
+        max_tokens=args.max_tokens,
+        temperature=temperature,
+        top_p=args.top_p,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
+        backoff_max=args.backoff_max,
+        metrics=metrics,
+    )
+    scorer_kwargs = {"template": load_template(args.template)} if args.template else {}
+    scorer = StepScorer(
+        client,
+        k=args.k,
+        k_aggregation=args.k_aggregation,
+        max_steps=args.max_steps,
+        end_tokens=[t for t in args.end_tokens.split(",") if t],
+        metrics=metrics,
+        **scorer_kwargs,
+    )
+    return Gateway(
+        scorer,
+        policy=FailurePolicy.parse(args.failure_policy),
+        reward_aggregation=args.reward_aggregation,
+        cache_size=args.cache_size,
+        metrics=metrics,
+    )
+
+
+def _log_setup(args: argparse.Namespace, gateway) -> None:
+    client = gateway.scorer.client
+    logger.info(
+        "PRM model %r on %s; format=%s k=%d temperature=%g max_steps=%d policy=%s reward=%s",
+        client.model, [b.label for b in client.backends], client.prompt_format, gateway.scorer.k,
+        client.sampling["temperature"], gateway.width, gateway.policy, gateway.reward_aggregation,
+    )  # fmt: skip
+    if gateway.policy.mode == "drop":
+        logger.warning(
+            "--failure-policy drop: a failed sample gets reward 0.0 with cdpa_failed=1. Only cdra-train (the cdpa "
+            "estimator) excludes it from the update; plain OpenRLHF estimators would train on 0.0, so use "
+            "--failure-policy fail or score=X with them."
+        )
+    worst = (args.retries + 1) * args.timeout + args.retries * args.backoff_max
+    if worst > HOST_TIMEOUT_S:
+        logger.warning(
+            "a sample may take up to %.0f s ((retries+1)*timeout + retries*backoff_max) but OpenRLHF gives a reward "
+            "request %d s: lower --timeout/--retries/--backoff-max", worst, HOST_TIMEOUT_S,
+        )  # fmt: skip
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2", "openai"):  # one INFO line per PRM call otherwise
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cdra_plugin.prm.server import create_app
+
+    _logging(args.log_level)
+    try:
+        gateway = build_gateway(args)
+        token = _secret(args.auth_token_env, "--auth-token-env")
+        if args.max_body_mb <= 0:
+            raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    except (ValueError, OSError) as exc:
+        print(f"cdra prm serve: error: {exc}", file=sys.stderr)
+        return 2
+    _log_setup(args, gateway)
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s without --auth-token-env: anyone who reaches the port can use the PRM",
+                       args.host)  # fmt: skip
+    app = create_app(gateway, auth_token=token, max_body_bytes=int(args.max_body_mb * (1 << 20)))
+    logger.info("reward URL for OpenRLHF: --reward.remote_url http://%s:%d/get_reward", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from cdra_plugin.prm.offline import score_file
+    from cdra_plugin.prm.policy import SampleFailed
+
+    _logging(args.log_level)
+    try:
+        if not args.input.is_file():
+            raise ValueError(f"--input {args.input}: no such file")
+        gateway = build_gateway(args)
+        counts = asyncio.run(score_file(gateway, args.input, args.output, parallel=args.parallel))
+    except (ValueError, OSError) as exc:
+        print(f"cdra prm score: error: {exc}", file=sys.stderr)
+        return 2
+    except SampleFailed as exc:
+        print(f"cdra prm score: stopped: {exc}", file=sys.stderr)
+        return 1
+    print(f"cdra prm score: {counts} -> {args.output}")
+    return 0

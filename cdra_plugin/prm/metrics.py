@@ -1,0 +1,43 @@
+"""Prometheus metrics of the PRM gateway (``GET /metrics``), on a registry of their own per gateway instance.
+
+Counters: HTTP requests by endpoint and status, PRM calls by backend and outcome, retries, steps still failed after
+the retries by failure kind, samples by outcome (ok / dropped / failed / fallback), cache lookups (hit / miss /
+shared in-flight). Histograms: PRM call latency, sample scoring latency, HTTP request latency by endpoint.
+Labels never carry secrets: backends appear as ``public_url`` (no user info, no query).
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cdra_prm_http_requests", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.request_latency = Histogram(
+            "cdra_prm_http_request_seconds", "HTTP request latency", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.calls = Counter("cdra_prm_calls", "PRM calls (one per attempt)", ["backend", "outcome"], registry=r)
+        self.call_latency = Histogram(
+            "cdra_prm_call_seconds", "PRM call latency", ["backend"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.retries = Counter("cdra_prm_retries", "PRM call retries", registry=r)
+        self.step_failures = Counter(
+            "cdra_prm_step_failures", "Steps with no score after retries", ["kind"], registry=r
+        )
+        self.samples = Counter("cdra_prm_samples", "Scored samples by outcome", ["outcome"], registry=r)
+        self.sample_latency = Histogram(
+            "cdra_prm_sample_seconds", "Latency of scoring one response", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.cache = Counter("cdra_prm_cache_lookups", "Result cache lookups", ["result"], registry=r)
+        self.in_flight = Gauge("cdra_prm_calls_in_flight", "PRM calls in flight", registry=r)
+
+    def observe_call(self, backend: str, outcome: str, seconds: float) -> None:
+        self.calls.labels(backend, outcome).inc()
+        self.call_latency.labels(backend).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

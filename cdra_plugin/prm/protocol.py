@@ -1,0 +1,172 @@
+"""OpenRLHF's remote reward-model protocol, as the gateway speaks it (checked against openrlhf 0.11.2).
+
+Request (``SingleTurnAgentExecutor._fetch_rewards_via_http``, one sample per request during rollouts)::
+
+    {"query": [prompt + response text], "prompts": [prompt text], "labels": [label]}
+
+``query`` is the decoded prompt+response tokens, so the response is ``query[len(prompt):]`` (a query that does not
+start with its prompt is rejected: OpenRLHF truncated the prompt, or the caller mixed samples up). The label is
+the JSON the DeepPref adapter writes, ``{"preference": P, "question": q, ...}`` (a string, or an object).
+
+Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns each into ``torch.tensor([value])``)::
+
+    {"rewards": [R], "scores": [s], "extra_logs": {name: [v], ...}}
+
+- ``rewards``: R_dense = sum of the step scores (paper Sec. 2.3) or their mean (``--reward-aggregation mean``);
+- ``scores``: (mean step score + 1) / 2 in [0, 1], for OpenRLHF's dynamic filtering;
+- ``extra_logs``: the per-step carrier block of ``cdra_plugin.carrier`` (``cdpa_*`` keys, width ``--max-steps``,
+  popped by the CDPA experience maker) and, for the training logs, ``prm_num_steps``, ``prm_mean_step_score``,
+  ``prm_min_step_score`` (over the scores the sample is rewarded with; for a dropped sample, over its scored steps,
+  0.0 if none) and ``prm_failures`` (failed steps).
+
+A dropped sample (``--failure-policy drop``) gets reward 0.0, score 0.5 and ``cdpa_failed = 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from cdra_plugin.carrier import encode_step_scores
+from cdra_plugin.prm.policy import Outcome
+from cdra_plugin.prm.scoring import SampleResult
+
+
+class BadRequest(ValueError):
+    """Invalid input; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    preference: str
+    question: str
+    response: str
+    prompt: str
+    label: Any
+    name: str  # how error messages refer to it, e.g. "sample 2 (id 'p17')"
+
+
+def _string_list(body: dict, field: str, allow_objects: bool = False) -> list:
+    if field not in body:
+        raise BadRequest(f"missing field '{field}'")
+    value = body[field]
+    if not isinstance(value, list):
+        raise BadRequest(f"field '{field}' must be a list, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not (isinstance(item, str) or (allow_objects and isinstance(item, dict))):
+            kind = "a string or an object" if allow_objects else "a string"
+            raise BadRequest(f"{field}[{i}] must be {kind}, got {type(item).__name__}")
+    return value
+
+
+def parse_label(label: Any, where: str) -> dict:
+    """The DeepPref label: a JSON object (or its text) with string ``preference`` and ``question``."""
+    if isinstance(label, str):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"{where} is not valid JSON ({exc.msg} at char {exc.pos}); expected the DeepPref "
+                             'label {"preference": ..., "question": ...}') from None  # fmt: skip
+    if not isinstance(label, dict):
+        raise BadRequest(f"{where} must be a JSON object with 'preference' and 'question'")
+    for key in ("preference", "question"):
+        if key not in label:
+            raise BadRequest(f"{where}.{key} is missing")
+        if not isinstance(label[key], str):
+            raise BadRequest(f"{where}.{key} must be a string, got {type(label[key]).__name__}")
+    return label
+
+
+def _name(i: int, label: dict) -> str:
+    return f"sample {i} (id {label['id']!r})" if "id" in label else f"sample {i}"
+
+
+def parse_reward_request(body: Any) -> list[Sample]:
+    """Samples of a ``/get_reward`` body; ``BadRequest`` naming the field otherwise."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with 'query', 'prompts' and 'labels'")
+    queries = _string_list(body, "query")
+    prompts = _string_list(body, "prompts")
+    labels = _string_list(body, "labels", allow_objects=True)
+    if not len(queries) == len(prompts) == len(labels):
+        raise BadRequest(
+            f"'query' ({len(queries)}), 'prompts' ({len(prompts)}) and 'labels' ({len(labels)}) must have the "
+            "same length"
+        )
+    samples = []
+    for i, (query, prompt, raw) in enumerate(zip(queries, prompts, labels, strict=True)):
+        label = parse_label(raw, f"labels[{i}]")
+        if not query.startswith(prompt):
+            at = next(
+                (j for j, (a, b) in enumerate(zip(query, prompt, strict=False)) if a != b),
+                min(len(query), len(prompt)),
+            )
+            raise BadRequest(
+                f"query[{i}] does not start with prompts[{i}] (they differ at char {at}); the response is the query "
+                "minus its prompt. Was the prompt truncated (raise --max_len) or are the lists misaligned?"
+            )
+        samples.append(
+            Sample(label["preference"], label["question"], query[len(prompt) :], prompt, raw, _name(i, label))
+        )
+    return samples
+
+
+def parse_score_request(body: Any) -> list[Sample]:
+    """``/score`` takes a ``/get_reward`` body or ``{"samples": [{"preference", "question", "response"}, ...]}``."""
+    if not (isinstance(body, dict) and "samples" in body):
+        return parse_reward_request(body)
+    items = body["samples"]
+    if not isinstance(items, list):
+        raise BadRequest(f"field 'samples' must be a list, got {type(items).__name__}")
+    samples = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadRequest(f"samples[{i}] must be an object with 'preference', 'question' and 'response'")
+        for key in ("preference", "question", "response"):
+            if not isinstance(item.get(key), str):
+                raise BadRequest(f"samples[{i}].{key} is {'missing' if key not in item else 'not a string'}")
+        label = {"preference": item["preference"], "question": item["question"]}
+        samples.append(Sample(item["preference"], item["question"], item["response"], "", label, _name(i, item)))
+    return samples
+
+
+def parse_cache_only(body: Any) -> bool:
+    """The optional ``/score`` flag ``cache_only`` (answer from the cache, never score)."""
+    value = body.get("cache_only", False) if isinstance(body, dict) else False
+    if not isinstance(value, bool):
+        raise BadRequest(f"field 'cache_only' must be true or false, got {value!r}")
+    return value
+
+
+def summarize(result: SampleResult, outcome: Outcome, aggregation: str, width: int) -> dict[str, Any]:
+    """reward, score and extra_logs of one sample (see module docstring)."""
+    logged = outcome.step_scores
+    if logged is None:
+        logged = [s.score for s in result.steps if s.score is not None]
+    mean = statistics.fmean(logged) if logged else 0.0
+    extra = encode_step_scores(outcome.step_scores, width)
+    extra.update(
+        prm_num_steps=float(len(result.steps)),
+        prm_mean_step_score=mean,
+        prm_min_step_score=min(logged) if logged else 0.0,
+        prm_failures=float(outcome.failures),
+    )
+    if outcome.step_scores is None:
+        return {"reward": 0.0, "score": 0.5, "extra_logs": extra}
+    scores = outcome.step_scores
+    reward = sum(scores) if aggregation == "sum" else statistics.fmean(scores)
+    score01 = min(1.0, max(0.0, (statistics.fmean(scores) + 1.0) / 2.0))
+    return {"reward": float(reward), "score": score01, "extra_logs": extra}
+
+
+def reward_response(summaries: list[dict[str, Any]], width: int) -> dict[str, Any]:
+    """Batch response: per-sample lists for rewards, scores and every extra_logs key."""
+    keys = list(encode_step_scores([], width)) + ["prm_num_steps", "prm_mean_step_score", "prm_min_step_score",
+                                                   "prm_failures"]  # fmt: skip
+    return {
+        "rewards": [s["reward"] for s in summaries],
+        "scores": [s["score"] for s in summaries],
+        "extra_logs": {k: [s["extra_logs"][k] for s in summaries] for k in keys},
+    }

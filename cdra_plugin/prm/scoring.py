@@ -1,0 +1,155 @@
+"""Step-wise scoring of one response with the Pers-GenPRM (paper Sec. 2.3, Eq. 1; Appendix D's sampled critiques).
+
+For a response with steps s^1..s^T (``cdra_plugin.steps.segment_steps``, at most ``max_steps`` of them), step j is
+judged from the Fig. 15 prompt filled with (P, q, tau<=j): steps 1..j-1 as context, step j as the one to judge
+(``cdra_plugin.prompts.prm_prompt``). The T prompts are sent concurrently; each asks for ``k`` critiques (default 1,
+greedy) whose parsed scores (the last ``SCORE:``, clipped to [-1, 1]) are aggregated by mean or median. An output
+without a parsable score is a failed attempt and is retried like a transient fault; with k > 1 the step needs at
+least one parsable critique, the unparsable ones are listed as ``None`` in ``sample_scores``. A step with no
+score after the retries keeps ``score=None`` and its failure kind: what that means for the sample is the caller's
+failure policy (``cdra_plugin.prm.policy``), never a default value here.
+
+Trailing end-of-sequence tokens (OpenRLHF decodes the response with ``skip_special_tokens=False``) are removed
+before segmenting, so the PRM never sees ``<|im_end|>`` as text; this only shortens the last step, so the step
+count agrees with a trainer that segments the undecoded text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cdra_plugin.prm.client import PRMCallError, PRMClient
+from cdra_plugin.prompts import DEFAULT_END_TOKENS, PRM_TEMPLATE, fill, parse_score, prm_prompt
+from cdra_plugin.steps import segment_steps
+
+TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
+
+
+@dataclass
+class StepResult:
+    index: int
+    start: int  # character span of the step in the response
+    end: int
+    text: str  # the step's content without its marker
+    critiques: list[str]
+    sample_scores: list[float | None]  # one per critique; None = unparsable
+    score: float | None  # aggregated; None = failed (see failure)
+    failure: str | None = None  # failure kind (cdra_plugin.prm.client.FAILURE_KINDS)
+    error: str | None = None
+    attempts: int = 0
+    latency_s: float = 0.0
+    backend: str | None = None  # the server that gave the accepted answer
+
+
+@dataclass
+class SampleResult:
+    steps: list[StepResult]
+    latency_s: float
+
+    @property
+    def failed_steps(self) -> list[StepResult]:
+        return [s for s in self.steps if s.score is None]
+
+    def to_json(self) -> dict:
+        return {"num_steps": len(self.steps), "latency_s": self.latency_s, "steps": [asdict(s) for s in self.steps]}
+
+
+def load_template(path: str | Path) -> str:
+    """A PRM prompt template from a file: ``{name}`` fields among TEMPLATE_FIELDS, ``{current_step}`` required."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        fill(text, **dict.fromkeys(TEMPLATE_FIELDS, ""))
+    except KeyError as exc:
+        raise ValueError(f"--template {path}: {exc.args[0]}; allowed fields: {list(TEMPLATE_FIELDS)}") from None
+    if "{current_step}" not in text:
+        raise ValueError(f"--template {path}: must contain {{current_step}} (the step to judge)")
+    return text
+
+
+def strip_end_tokens(text: str, end_tokens=DEFAULT_END_TOKENS) -> str:
+    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it."""
+    stripped = text
+    while True:
+        trimmed = stripped.rstrip()
+        token = next((t for t in end_tokens if t and trimmed.endswith(t)), None)
+        if token is None:
+            return trimmed if stripped is not text else text
+        stripped = trimmed[: -len(token)]
+
+
+class StepScorer:
+    """Score responses step by step through a ``PRMClient`` (see module docstring)."""
+
+    def __init__(
+        self,
+        client: PRMClient,
+        *,
+        template: str = PRM_TEMPLATE,
+        k: int = 1,
+        k_aggregation: str = "mean",
+        max_steps: int = 32,
+        end_tokens=DEFAULT_END_TOKENS,
+        metrics=None,
+    ):
+        if k < 1:
+            raise ValueError(f"--k must be >= 1, got {k}")
+        if k_aggregation not in ("mean", "median"):
+            raise ValueError(f"--k-aggregation must be mean or median, got {k_aggregation!r}")
+        if max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
+        self.client = client
+        self.template = template
+        self.k = k
+        self.k_aggregation = k_aggregation
+        self.max_steps = max_steps
+        self.end_tokens = tuple(end_tokens)
+        self.metrics = metrics
+
+    def step_prompts(self, preference: str, question: str, response: str) -> list[tuple[object, str, str]]:
+        """``(Step, step text, PRM prompt)`` for each step of ``response`` (Eq. 1 inputs)."""
+        text = strip_end_tokens(response, self.end_tokens)
+        steps = segment_steps(text, max_steps=self.max_steps)
+        bodies = [s.body(text) for s in steps]
+        return [
+            (step, bodies[j], prm_prompt(preference, question, bodies[: j + 1], template=self.template))
+            for j, step in enumerate(steps)
+        ]
+
+    async def score(self, preference: str, question: str, response: str) -> SampleResult:
+        started = time.perf_counter()
+        triples = self.step_prompts(preference, question, response)
+        steps = await asyncio.gather(*(self._score_step(step, text, prompt) for step, text, prompt in triples))
+        result = SampleResult(list(steps), time.perf_counter() - started)
+        if self.metrics is not None:
+            self.metrics.sample_latency.observe(result.latency_s)
+            for step in result.failed_steps:
+                self.metrics.step_failures.labels(step.failure).inc()
+        return result
+
+    async def _score_step(self, step, text: str, prompt: str) -> StepResult:
+        started = time.perf_counter()
+        base = {"index": step.index, "start": step.start, "end": step.end, "text": text}
+        try:
+            completion = await self.client.sample(prompt, n=self.k, check=_needs_a_score)
+        except PRMCallError as exc:
+            return StepResult(
+                **base, critiques=[], sample_scores=[], score=None, failure=exc.kind, error=str(exc),
+                attempts=exc.attempts, latency_s=time.perf_counter() - started,
+            )  # fmt: skip
+        scores = [parse_score(t) for t in completion.texts]
+        valid = [s for s in scores if s is not None]
+        agg = statistics.fmean(valid) if self.k_aggregation == "mean" else statistics.median(valid)
+        return StepResult(
+            **base, critiques=completion.texts, sample_scores=scores, score=float(agg),
+            attempts=completion.attempts, latency_s=time.perf_counter() - started, backend=completion.backend,
+        )  # fmt: skip
+
+
+def _needs_a_score(texts: list[str]) -> str | None:
+    if any(parse_score(t) is not None for t in texts):
+        return None
+    return "no parsable 'SCORE: <number>' in the PRM output" + ("s" if len(texts) > 1 else "")

@@ -1,0 +1,97 @@
+"""PRMClient against the scripted server: concurrency cap, formats, retries, non-retried errors, the API key."""
+
+import asyncio
+import time
+
+import pytest
+from scripted_llm import Fault, ScriptedLLM, score_text
+
+from cdra_plugin.prm.client import PRMCallError, PRMClient, normalize_base_url
+
+FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _sample_many(client, prompts, n=1):
+    try:
+        return await asyncio.gather(*(client.sample(p, n=n) for p in prompts))
+    finally:
+        await client.aclose()
+
+
+def test_concurrency_is_capped_per_backend_and_calls_are_balanced():
+    with ScriptedLLM(latency=0.1) as a, ScriptedLLM(latency=0.1) as b:
+        client = PRMClient([a.base_url, b.base_url], "scripted-prm", concurrency=3, **FAST)
+        started = time.perf_counter()
+        out = run(_sample_many(client, [f"p{i}" for i in range(24)]))
+        elapsed = time.perf_counter() - started
+    assert [c.texts for c in out] == [[score_text(0.5)]] * 24
+    assert a.max_active == 3 and b.max_active == 3
+    assert len(a.requests) == len(b.requests) == 12
+    assert elapsed >= 0.4  # 24 calls, 6 at a time, 0.1 s each
+
+
+def test_completion_format_and_sampling_parameters():
+    with ScriptedLLM() as llm:
+        client = PRMClient([llm.base_url], "scripted-prm", prompt_format="completion", temperature=0.7,
+                           max_tokens=64, **FAST)  # fmt: skip
+        [completion] = run(_sample_many(client, ["raw prompt"], n=2))
+    [request] = llm.requests
+    assert request.endpoint == "completions" and request.body["prompt"] == "raw prompt"
+    assert request.body["n"] == 2 and request.body["temperature"] == 0.7 and request.body["max_tokens"] == 64
+    assert completion.texts == [score_text(0.5)] * 2 and completion.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "faults, kind, attempts",
+    [
+        ([Fault.http(500)] * 3, "server_error", 3),
+        ([Fault.http(429)] * 3, "rate_limited", 3),
+        ([Fault.hang(2.0)] * 3, "timeout", 3),
+        ([Fault.http(404)], "client_error", 1),  # a 4xx other than 408/429 is not retried
+        (["no score"] * 3, "unparsable", 3),
+        ([["SCORE: 0.1", "SCORE: 0.2"]] * 3, "bad_response", 3),  # 2 choices for n=1
+    ],
+)
+def test_failures_after_retries_raise_with_their_kind(faults, kind, attempts):
+    with ScriptedLLM() as llm:
+        llm.enqueue(*faults)
+        client = PRMClient([llm.base_url], "scripted-prm", **FAST)
+        check = lambda texts: None if "SCORE" in texts[0] else "no score"  # noqa: E731
+        with pytest.raises(PRMCallError) as err:
+            run(client.sample("p", check=check))
+        assert len(llm.requests) == attempts
+    assert err.value.kind == kind and err.value.attempts == attempts
+
+
+def test_connection_errors_are_retried_then_reported():
+    llm = ScriptedLLM().start()
+    url = llm.base_url
+    llm.stop()
+    client = PRMClient([url], "scripted-prm", **FAST)
+    with pytest.raises(PRMCallError) as err:
+        run(client.sample("p"))
+    assert err.value.kind == "connection" and err.value.attempts == 3
+
+
+def test_api_key_is_sent_as_bearer_and_redacted_from_errors(monkeypatch):
+    secret = "sk-test-very-secret-0042"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-hosted-key-must-not-leak")
+    with ScriptedLLM() as llm:
+        llm.enqueue(Fault.http(400, message=f"invalid key {secret}"))
+        client = PRMClient([llm.base_url], "scripted-prm", api_key=secret, **FAST)
+        with pytest.raises(PRMCallError) as err:
+            run(client.sample("p"))
+        run(PRMClient([llm.base_url], "scripted-prm", **FAST).sample("p"))  # no key given
+        assert [r.headers["authorization"] for r in llm.requests] == [f"Bearer {secret}", "Bearer EMPTY"]
+    assert secret not in str(err.value) and "invalid key ***" in str(err.value)
+
+
+def test_base_urls_are_normalized_and_checked():
+    assert normalize_base_url("http://h:8000") == "http://h:8000/v1"
+    assert normalize_base_url("https://api.openai.com/v1/") == "https://api.openai.com/v1"
+    with pytest.raises(ValueError, match="--backend 'h:8000'"):
+        normalize_base_url("h:8000")

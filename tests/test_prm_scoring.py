@@ -1,0 +1,99 @@
+"""Step prompts, end-token stripping, templates, the failure policy and option checks (no HTTP except one test)."""
+
+import asyncio
+
+import pytest
+from scripted_llm import ScriptedLLM
+
+from cdra_plugin.cli import build_parser
+from cdra_plugin.prm.cli import build_gateway
+from cdra_plugin.prm.client import PRMClient
+from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
+from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template, strip_end_tokens
+from cdra_plugin.prompts import prm_prompt
+
+
+def scorer(**kw):
+    return StepScorer(PRMClient(["http://127.0.0.1:9/v1"], "m"), **kw)
+
+
+def test_step_prompts_follow_eq1_with_preamble_and_end_tokens():
+    response = "Sure, let me think.\nStep 1: likes quiet\n**Step 2:** a library <|im_end|>"
+    triples = scorer().step_prompts("P", "q", response)
+    texts = [t for _, t, _ in triples]
+    assert texts == ["Sure, let me think.\nStep 1: likes quiet", "a library"]
+    assert [p for _, _, p in triples] == [prm_prompt("P", "q", texts[:1]), prm_prompt("P", "q", texts)]
+    assert triples[1][0].start == response.index("**Step 2")
+
+
+def test_strip_end_tokens_only_removes_trailing_tokens():
+    assert strip_end_tokens("a<|im_end|>") == "a"
+    assert strip_end_tokens("a <|im_end|>\n<|endoftext|>  ") == "a"
+    assert strip_end_tokens("a<|im_end|>b") == "a<|im_end|>b"
+    assert strip_end_tokens("<|im_end|>") == ""
+    assert strip_end_tokens("a </s>", ["<|im_end|>"]) == "a </s>"
+
+
+def test_template_files_are_checked_and_used(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Judge {current_step} for {user}")
+    with pytest.raises(ValueError, match="unknown|not provided"):
+        load_template(bad)
+    no_step = tmp_path / "no_step.txt"
+    no_step.write_text("Judge {previous_steps}")
+    with pytest.raises(ValueError, match="must contain {current_step}"):
+        load_template(no_step)
+    good = tmp_path / "good.txt"
+    good.write_text("P={preference} Q={question}\nCTX:\n{previous_steps}\nNOW: {current_step}")
+    with ScriptedLLM() as llm:
+        args = build_parser().parse_args(
+            ["prm", "serve", "--backend", llm.base_url, "--model", "scripted-prm", "--template", str(good)]
+        )
+        gateway = build_gateway(args)
+        result = asyncio.run(gateway.scorer.score("likes {braces}", "q?", "Step 1: a\nStep 2: b"))
+    assert [s.score for s in result.steps] == [0.5, 0.5]
+    prompts = sorted(r.prompt for r in llm.requests)
+    assert prompts == ["P=likes {braces} Q=q?\nCTX:\n(none)\nNOW: Step 1: a",
+                       "P=likes {braces} Q=q?\nCTX:\nStep 1: a\nNOW: Step 2: b"]  # fmt: skip
+
+
+def test_failure_policy_parsing_and_resolution():
+    assert FailurePolicy.parse("drop") == FailurePolicy("drop")
+    assert FailurePolicy.parse("score=-0.25") == FailurePolicy("score", -0.25)
+    for bad in ("skip", "score=", "score=nan", "score=inf", "score=x"):
+        with pytest.raises(ValueError, match="--failure-policy"):
+            FailurePolicy.parse(bad)
+    ok = StepResult(0, 0, 1, "a", ["SCORE: 0.3"], [0.3], 0.3)
+    bad = StepResult(1, 1, 2, "b", [], [], None, failure="timeout", error="timeout after 3 attempt(s)")
+    result = SampleResult([ok, bad], 0.1)
+    assert resolve(result, FailurePolicy("drop")).step_scores is None
+    fallback = resolve(result, FailurePolicy("score", 0.0))
+    assert fallback.step_scores == [0.3, 0.0] and fallback.failures == 1 and fallback.status == "fallback"
+    with pytest.raises(SampleFailed, match=r"sample 7: 1 of 2 step\(s\).*step 2: timeout after 3"):
+        resolve(result, FailurePolicy("fail"), "sample 7")
+
+
+def _args(*argv):
+    return build_parser().parse_args(["prm", "serve", "--backend", "http://127.0.0.1:9/v1", "--model", "m", *argv])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--k", "3", "--temperature", "0"], "--temperature > 0"),
+        (["--api-key-env", "CDRA_TEST_UNSET_VAR"], "CDRA_TEST_UNSET_VAR is not set"),
+        (["--failure-policy", "ignore"], "--failure-policy 'ignore'"),
+        (["--max-steps", "0"], "--max-steps must be >= 1"),
+        (["--concurrency", "0"], "--concurrency must be >= 1"),
+        (["--cache-size", "-1"], "--cache-size must be >= 0"),
+    ],
+)
+def test_bad_options_are_named(argv, message, monkeypatch):
+    monkeypatch.delenv("CDRA_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        build_gateway(_args(*argv))
+
+
+def test_default_temperature_is_greedy_for_one_critique():
+    assert build_gateway(_args()).scorer.client.sampling["temperature"] == 0.0
+    assert build_gateway(_args("--k", "4")).scorer.client.sampling["temperature"] == 1.0
