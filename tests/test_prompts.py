@@ -19,7 +19,7 @@ from cdra_plugin.prompts import (
 def test_policy_prompt_is_figure_14_with_fields_filled():
     text = policy_prompt("I dislike {spicy} food", "Where should I eat? {question}")
     assert text.startswith("You are an intelligent assistant that provides thoughtful, step-by-step responses")
-    assert text.endswith('User Preference: I dislike {spicy} food Question: Where should I eat? {question}')
+    assert text.endswith("User Preference: I dislike {spicy} food Question: Where should I eat? {question}")
     assert "Step N: [Provide your final, actionable answer that aligns with all identified preferences]" in text
     assert POLICY_TEMPLATE.count("{preference}") == 1
 
@@ -28,7 +28,9 @@ def test_prm_prompt_puts_previous_steps_as_context_and_judges_the_last():
     text = prm_prompt("P", "q", ["first idea", "second idea", "the answer"])
     head, content = text.split("Here is the content to critique:\n")
     assert head.startswith("You are a master evaluator of reasoning")
-    assert "4. Provide your step-by-step critique after 'Reasoning:' and a score from -1.0 to 1.0 after 'SCORE:'." in head
+    assert (
+        "4. Provide your step-by-step critique after 'Reasoning:' and a score from -1.0 to 1.0 after 'SCORE:'." in head
+    )
     assert content == (
         'User Preference: "P"\nUser Question: "q"\nPrevious Steps:\nStep 1: first idea\nStep 2: second idea\n'
         "New Thought to Evaluate:\nStep 3: the answer"

@@ -1,0 +1,185 @@
+"""CDPA experience maker: OpenRLHF's ``RemoteExperienceMaker`` with the per-token advantage of Eq. 3.
+
+Paper Section 2.4, Steps 3-4. The host's group estimators (``group_norm`` = GRPO) give every token of a response
+the same normalised scalar reward; CDPA gives token t the score of the reasoning step holding it,
+r_{i,t} = r_i^{step(t)}, and normalises per token position across the G responses of a prompt
+(``cdra_plugin.advantage.cdpa_advantages``, mode from ``--cdpa.mode``).
+
+Only ``compute_advantages_and_returns`` changes, and only for ``--algo.advantage.estimator cdpa``; every other
+estimator runs the host's code untouched. For ``cdpa``, per batch:
+
+1. The step scores come from the gateway through the ``extra_logs`` carrier (``cdra_plugin.carrier``); the keys
+   are removed from ``info`` once read.
+2. Each response is decoded from its action tokens (special tokens kept, the text the gateway saw), segmented
+   with ``cdra_plugin.steps`` at the carrier's width, and every action token gets its step through the
+   tokenizer's offsets (``cdra_plugin.detok``). A step count that disagrees with the gateway's is a failure.
+3. Host length penalties (DAPO overlong, ProRL stop-properly) change the scalar reward as in the host; that change
+   is added to every step score of the sample.
+4. Responses are laid out by response position (token t = t-th generated token) in the host's group order
+   (``index``, ``n_samples_per_prompt``) and ``cdpa_advantages`` runs once over the whole batch.
+5. KL as a reward (``--algo.kl.use_loss`` off) is added as in the host: the return-to-go of -beta*KL_t.
+6. Failed samples (PRM failure under the gateway's ``drop`` policy, a reward call that never returned, or a step
+   mismatch) take no part in the group statistics and get zero advantage; ``--cdpa.failure_policy fail`` raises
+   instead. They are counted in ``info['cdpa_failed']``.
+"""
+
+import torch
+from openrlhf.models.utils import compute_reward
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
+from openrlhf.utils.logging_utils import init_logger
+
+from cdra_plugin.advantage import cdpa_advantages
+from cdra_plugin.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
+from cdra_plugin.detok import decode_with_offsets
+from cdra_plugin.steps import segment_steps, token_step_ids
+
+logger = init_logger(__name__)
+
+
+class CDPAExperienceMaker(RemoteExperienceMaker):
+    """``RemoteExperienceMaker`` plus the ``cdpa`` estimator (options under ``args.cdpa``)."""
+
+    def __init__(self, *args, tracer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tracer = tracer
+
+    @torch.no_grad()
+    def make_experience_batch(self, rollout_samples):
+        if self.advantage_estimator == "cdpa":
+            self._check_rewards(rollout_samples)
+        return super().make_experience_batch(rollout_samples)
+
+    def _check_rewards(self, samples) -> None:
+        """A reward call that never returned leaves a sample without reward and carrier (the host logs and goes on).
+
+        Under ``drop`` it becomes an explicit failed sample with the same info keys as the others (so the host's
+        concatenation stays aligned); under ``fail`` training stops here with the count.
+        """
+        missing = [s for s in samples if s.rewards is None or carrier_width(s.info) == 0]
+        if not missing:
+            return
+        missing_ids = {id(s) for s in missing}
+        if self.args.cdpa.failure_policy == "fail" or len(missing) == len(samples):
+            raise RuntimeError(
+                f"{len(missing)} of {len(samples)} samples came back without a PRM reward or step scores: check "
+                "that --reward.remote_url points at a running `cdra prm serve` gateway (GET /health), or use "
+                "--cdpa.failure_policy drop to train on without them."
+            )
+        template = next(s for s in samples if id(s) not in missing_ids)
+        block = encode_step_scores(None, carrier_width(template.info))
+        for sample in missing:
+            sample.rewards = torch.zeros(1)
+            sample.scores = torch.zeros(1) if template.scores is not None else None
+            sample.info = {key: torch.tensor([block.get(key, 0.0)]) for key in template.info}
+        logger.warning(f"[cdpa] {len(missing)} samples without a PRM reward: dropped from this update")
+
+    @torch.no_grad()
+    def compute_advantages_and_returns(self, experiences):
+        if self.advantage_estimator != "cdpa":
+            return super().compute_advantages_and_returns(experiences)
+        args = self.args
+        for exp in experiences:
+            exp.rewards = exp.rewards.to(torch.promote_types(exp.rewards.dtype, torch.float32))
+        before = [exp.rewards.clone() for exp in experiences]
+        apply_length_penalties(experiences, args)
+
+        # Rewards are (B,) or, from a batch-style reward server such as the gateway, (B, 1): flatten.
+        rows = [
+            self._sample_rows(exp, (exp.rewards - prev).reshape(-1))
+            for exp, prev in zip(experiences, before, strict=True)
+        ]
+        layout = _ResponseLayout([r for exp_rows in rows for r in exp_rows], [i for e in experiences for i in e.index])
+        n_failed = int(sum(r.failed for exp_rows in rows for r in exp_rows))
+        if n_failed and args.cdpa.failure_policy == "fail":
+            raise RuntimeError(f"[cdpa] PRM scoring failed for {n_failed} samples and --cdpa.failure_policy is fail")
+
+        advantages, stats = cdpa_advantages(
+            layout.rewards,
+            layout.mask,
+            args.rollout.n_samples_per_prompt,
+            mode=args.cdpa.mode,
+            eps=args.cdpa.eps,
+            step_ids=layout.step_ids,
+            outcome_aggregation=args.cdpa.reward_aggregation,
+        )
+        stats["failed_frac"] = n_failed / max(len(layout.order), 1)
+        for exp, exp_rows, per_sample in zip(experiences, rows, layout.split(advantages, experiences), strict=True):
+            self._finish(exp, exp_rows, per_sample, stats)
+        if self.tracer is not None:
+            self.tracer.trace(experiences, rows, layout, advantages, self.tokenizer)
+        logger.info("[cdpa] " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(stats.items())))
+        return experiences
+
+    def _sample_rows(self, exp, penalty: torch.Tensor) -> list["_Row"]:
+        scores, num_steps, failed = decode_step_scores(exp.info)
+        width = scores.shape[1]
+        pop_carrier(exp.info)
+        out = []
+        for i in range(exp.sequences.shape[0]):
+            action = exp.action_mask[i].bool()
+            ids = exp.sequences[i, 1:][action]
+            text, offsets = decode_with_offsets(self.tokenizer, ids)
+            steps = segment_steps(text, max_steps=width)
+            mismatch = not failed[i] and len(steps) != int(num_steps[i])
+            step_of_token = token_step_ids(offsets, steps) if len(ids) else torch.zeros(0, dtype=torch.long)
+            step_scores = scores[i, : len(steps)] + penalty[i].float()
+            out.append(_Row(step_of_token, step_scores, bool(failed[i]) or mismatch, mismatch, text, steps))
+        return out
+
+    def _finish(self, exp, rows, advantages: torch.Tensor, stats: dict) -> None:
+        """Add the host's KL reward shaping, set advantages/returns and the per-sample logs."""
+        zeros = torch.zeros(len(rows), dtype=exp.kl.dtype)
+        kl_reward = compute_reward(zeros, self.kl_ctl.value, exp.kl, action_mask=exp.action_mask)
+        kl_return = self.get_cumulative_returns(kl_reward, exp.action_mask, 1.0) * exp.action_mask
+        failed = torch.tensor([r.failed for r in rows])
+        exp.advantages = torch.where(failed[:, None], 0.0, advantages + kl_return)
+        exp.returns = exp.advantages.clone()
+        exp.info["return"] = exp.rewards.reshape(-1) + kl_reward.sum(dim=-1)
+        exp.info[FAILED_KEY] = failed.float()
+        exp.info["cdpa_mismatch"] = torch.tensor([float(r.mismatch) for r in rows])
+        exp.info["cdpa_num_steps"] = torch.tensor([float(len(r.step_scores)) for r in rows])
+        for key, value in stats.items():
+            exp.info[f"cdpa_{key}"] = torch.full((len(rows),), float(value))
+        exp.kl = None
+
+
+class _Row:
+    """One response: the step of each action token, its step scores, and whether it takes part."""
+
+    __slots__ = ("step_of_token", "step_scores", "failed", "mismatch", "text", "steps")
+
+    def __init__(self, step_of_token, step_scores, failed, mismatch, text, steps):
+        self.step_of_token = step_of_token
+        self.step_scores = step_scores
+        self.failed = failed
+        self.mismatch = mismatch
+        self.text = text
+        self.steps = steps
+
+
+class _ResponseLayout:
+    """All responses of a batch as (N, T) tensors, row = host sample index, column = response position."""
+
+    def __init__(self, rows: list[_Row], order: list[int]):
+        self.order = order
+        width = max([len(r.step_of_token) for r in rows] + [1])
+        self.rewards = torch.zeros(len(rows), width)
+        self.mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        self.step_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for row, index in zip(rows, order, strict=True):
+            n = len(row.step_of_token)
+            self.step_ids[index, :n] = row.step_of_token
+            self.rewards[index, :n] = row.step_scores[row.step_of_token] if n else 0.0
+            self.mask[index, :n] = not row.failed
+
+    def split(self, advantages: torch.Tensor, experiences) -> list[torch.Tensor]:
+        """Back to each experience's (B, A) action layout."""
+        out = []
+        for exp in experiences:
+            per = torch.zeros(exp.action_mask.shape, dtype=torch.float32)
+            for i, index in enumerate(exp.index):
+                action = exp.action_mask[i].bool()
+                per[i, action] = advantages[index, : int(action.sum())]
+            out.append(per)
+        return out

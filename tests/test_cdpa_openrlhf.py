@@ -1,0 +1,269 @@
+"""Issue 6: CDPA inside the real OpenRLHF classes (CPU): parser, experiences, advantages, one policy-gradient step."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from cdpa_host import cdpa_args, host_args, make_experience
+
+from cdra_plugin.carrier import FAILED_KEY, STEP_KEY, encode_step_scores
+from cdra_plugin.prompts import policy_prompt
+
+LABEL = {"preference": "I avoid animals: allergies.", "question": "Outdoor ideas?", "id": "t/0", "topic": "t"}
+EOT = "<|im_end|>"
+
+
+@pytest.fixture(scope="module")
+def prompt_text(tiny_tokenizer):
+    messages = [{"role": "user", "content": policy_prompt(LABEL["preference"], LABEL["question"])}]
+    return tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def reward(scores, width=8):
+    info = {"rewards": float(sum(scores or [])), "scores": 0.5, "extra_logs": encode_step_scores(scores, width)}
+    info["extra_logs"]["prm_num_steps"] = float(len(scores or []))
+    return info
+
+
+def maker_for(args, tokenizer):
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    from cdra_plugin.openrlhf.experience_maker import CDPAExperienceMaker
+
+    strategy = SimpleNamespace(args=args)
+    return CDPAExperienceMaker(None, None, None, None, FixedKLController(args.algo.kl.init_coef), strategy, tokenizer)
+
+
+def run_advantages(maker, samples, kl=None):
+    """The host's make_experience_batch minus the model forwards (which need GPUs): split, KL, advantages."""
+    experiences = maker.split_rollout_samples(samples)
+    for exp in experiences:
+        exp.kl = torch.zeros(exp.action_mask.shape) if kl is None else kl(exp)
+    return maker.compute_advantages_and_returns(experiences)
+
+
+def char_starts(tokenizer, text):
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [start for start, _ in enc["offset_mapping"]]
+
+
+def test_cli_is_the_host_parser_plus_cdpa(monkeypatch, tiny_model_path):
+    args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.mode", "process", "--cdpa.eps", "1e-4", group_size=5)
+    assert args.algo.advantage.estimator == "cdpa"
+    assert args.cdpa.mode == "process" and args.cdpa.eps == 1e-4 and args.cdpa.failure_policy == "drop"
+    assert args.rollout.n_samples_per_prompt == 5 and args.reward.remote_url == ["http://127.0.0.1:9/get_reward"]
+    assert args.critic.model_name_or_path is None  # host validation ran (no critic for group estimators)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no_such_option", "1"], "unrecognized arguments: --no_such_option"),
+        (["--cdpa.mode", "bogus"], "invalid choice: 'bogus'"),
+        (["--algo.advantage.estimator", "cdpa"], "n_samples_per_prompt >= 2"),
+        (["--algo.advantage.estimator", "cdpa", "--rollout.n_samples_per_prompt", "4"], "--reward.remote_url"),
+        (["--algo.advantage.estimator", "nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_cli_errors_name_the_option(monkeypatch, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        host_args(monkeypatch, argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_other_estimators_run_the_host_code_unchanged(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    argv = ["--actor.model_name_or_path", str(tiny_model_path), "--algo.advantage.estimator", "group_norm"]
+    args = host_args(monkeypatch, [*argv, "--rollout.n_samples_per_prompt", "2", "--reward.remote_url", "x.py"])
+    texts = ["Step 1: a.\nStep 2: b." + EOT, "Step 1: c." + EOT]
+    rewards = [[0.9, 0.1], [0.3]]
+
+    def build():
+        return [
+            make_experience(tiny_tokenizer, prompt_text, t, reward(r), LABEL)
+            for t, r in zip(texts, rewards, strict=True)
+        ]
+
+    ours = run_advantages(maker_for(args, tiny_tokenizer), build())
+    strategy = SimpleNamespace(args=args)
+    host = RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tiny_tokenizer)
+    theirs = run_advantages(host, build())
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.advantages, b.advantages)
+        assert STEP_KEY.format(0) in a.info  # the carrier is left alone when the estimator is not cdpa
+
+
+def test_hand_worked_eq3_through_host_experiences(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
+    """G = 2: A = (0.8, 0.2), B = (0.4). Where both have a token: two values, unbiased std = |a - b| / sqrt(2), so
+    A = +-(a - b)/2 / (|a - b|/sqrt(2)) = +-1/sqrt(2); where only A has a token: a lone position, A = 0."""
+    args = cdpa_args(monkeypatch, tiny_model_path)
+    text_a = "Step 1: quiet botanical gardens.\nStep 2: a petting zoo with many animals and a long queue." + EOT
+    text_b = "Step 1: a walk on paved trails, far from the farm." + EOT
+    samples = [
+        make_experience(tiny_tokenizer, prompt_text, text_a, reward([0.8, 0.2]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, text_b, reward([0.4]), LABEL),
+    ]
+    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+
+    boundary = text_a.index("Step 2")
+    starts_a, n_b = char_starts(tiny_tokenizer, text_a), len(char_starts(tiny_tokenizer, text_b))
+    expected_a = [
+        0.0 if t >= n_b else (1 if start < boundary else -1) / math.sqrt(2) for t, start in enumerate(starts_a)
+    ]
+    expected_b = [-1 / math.sqrt(2) if starts_a[t] < boundary else 1 / math.sqrt(2) for t in range(n_b)]
+    adv, mask = exp.advantages, exp.action_mask.bool()
+    torch.testing.assert_close(adv[0][mask[0]], torch.tensor(expected_a), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adv[1][mask[1]], torch.tensor(expected_b), atol=1e-5, rtol=0)
+    assert (adv[~mask] == 0).all()
+    torch.testing.assert_close(exp.returns, exp.advantages)
+    assert STEP_KEY.format(0) not in exp.info  # the carrier is consumed
+    assert exp.info["cdpa_num_steps"].tolist() == [2.0, 1.0]
+    assert exp.info[FAILED_KEY].tolist() == [0.0, 0.0]
+    assert exp.info["cdpa_mean_steps"][0].item() == pytest.approx(1.5)
+
+
+def test_failed_and_mismatched_samples_are_dropped_and_counted(
+    monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text
+):
+    args = cdpa_args(monkeypatch, tiny_model_path, "--rollout.micro_batch_size", "1", group_size=3)
+    good = "Step 1: gardens.\nStep 2: lakes." + EOT
+    samples = [
+        make_experience(tiny_tokenizer, prompt_text, good, reward([0.9, 0.5]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, good, reward([0.1, 0.2]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, good, reward(None), LABEL),  # PRM failed, policy drop
+        make_experience(tiny_tokenizer, prompt_text, good, reward([0.3, 0.3, 0.3]), LABEL),  # 3 scores, 2 steps
+        make_experience(tiny_tokenizer, prompt_text, good, reward([0.2, 0.6]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, good, reward([0.4, 0.1]), LABEL),
+    ]
+    exps = run_advantages(maker_for(args, tiny_tokenizer), samples)
+    failed = torch.cat([e.info[FAILED_KEY] for e in exps]).tolist()
+    mismatch = torch.cat([e.info["cdpa_mismatch"] for e in exps]).tolist()
+    assert failed == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0] and mismatch == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    adv = [row for e in exps for row in e.advantages]
+    assert (adv[2] == 0).all() and (adv[3] == 0).all()
+    # Group 0 is then samples 0 and 1 only: two values per position -> +-1/sqrt(2), the failed one not counted.
+    assert adv[0][adv[0] != 0].abs().sub(1 / math.sqrt(2)).abs().max() < 1e-5
+
+    args.cdpa.failure_policy = "fail"
+    samples[2] = make_experience(tiny_tokenizer, prompt_text, good, reward(None), LABEL)
+    with pytest.raises(RuntimeError, match="PRM scoring failed for 1 samples"):
+        run_advantages(maker_for(args, tiny_tokenizer), samples[:3] + samples[4:5] + samples[5:6])
+
+
+def test_reward_call_that_never_returned(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
+    args = cdpa_args(monkeypatch, tiny_model_path)
+    text = "Step 1: gardens." + EOT
+    samples = [
+        make_experience(tiny_tokenizer, prompt_text, text, reward([0.5]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, text, None, LABEL),  # the host logged the HTTP error, went on
+    ]
+    maker = maker_for(args, tiny_tokenizer)
+    maker._check_rewards(samples)
+    assert set(samples[1].info) == set(samples[0].info) and samples[1].info[FAILED_KEY].item() == 1.0
+    (exp,) = run_advantages(maker, samples)
+    assert (exp.advantages == 0).all() and exp.info[FAILED_KEY].tolist() == [0.0, 1.0]
+
+    args.cdpa.failure_policy = "fail"
+    samples[1] = make_experience(tiny_tokenizer, prompt_text, text, None, LABEL)
+    with pytest.raises(RuntimeError, match="1 of 2 samples came back without a PRM reward"):
+        maker_for(args, tiny_tokenizer).make_experience_batch(samples)
+
+
+def test_kl_reward_is_added_as_in_the_host(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
+    args = cdpa_args(monkeypatch, tiny_model_path, "--algo.kl.init_coef", "0.1")
+    texts = ["Step 1: gardens.\nStep 2: lakes." + EOT, "Step 1: parks." + EOT]
+    build = [
+        make_experience(tiny_tokenizer, prompt_text, t, reward(r), LABEL)
+        for t, r in zip(texts, [[0.9, 0.1], [0.5]], strict=True)
+    ]
+    plain = run_advantages(maker_for(cdpa_args(monkeypatch, tiny_model_path), tiny_tokenizer), build)[0].advantages
+
+    generator = torch.Generator().manual_seed(0)
+    kl_values = {}
+
+    def kl(exp):
+        kl_values["kl"] = torch.rand(exp.action_mask.shape, generator=generator) * exp.action_mask
+        return kl_values["kl"]
+
+    build = [
+        make_experience(tiny_tokenizer, prompt_text, t, reward(r), LABEL)
+        for t, r in zip(texts, [[0.9, 0.1], [0.5]], strict=True)
+    ]
+    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), build, kl=kl)
+    kl_return = (-0.1 * kl_values["kl"]).flip(1).cumsum(1).flip(1) * exp.action_mask
+    torch.testing.assert_close(exp.advantages, plain + kl_return)
+
+
+def test_trainer_variants_install_the_cdpa_experience_maker(monkeypatch, tiny_model_path, tiny_tokenizer):
+    from openrlhf.trainer.ppo_trainer import PPOTrainer
+    from openrlhf.trainer.ppo_trainer_async import PPOTrainerAsync
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    from cdra_plugin.openrlhf.experience_maker import CDPAExperienceMaker
+    from cdra_plugin.openrlhf.trainer import CDPAPPOTrainer, CDPAPPOTrainerAsync, install_cdpa_experience_maker
+
+    assert issubclass(CDPAPPOTrainer.__ray_actor_class__, PPOTrainer.__ray_actor_class__)
+    assert issubclass(CDPAPPOTrainerAsync.__ray_actor_class__, PPOTrainerAsync.__ray_actor_class__)
+    args = cdpa_args(monkeypatch, tiny_model_path)
+    kl = FixedKLController(0.0)
+    host = RemoteExperienceMaker("actor", None, None, "ref", kl, SimpleNamespace(args=args), tiny_tokenizer)
+    trainer = SimpleNamespace(experience_maker=host, args=args)
+    install_cdpa_experience_maker(trainer)
+    swapped = trainer.experience_maker
+    assert isinstance(swapped, CDPAExperienceMaker) and swapped.tracer is None
+    assert (swapped.actor_model_group, swapped.initial_model_group, swapped.kl_ctl) == ("actor", "ref", kl)
+
+
+def test_importing_the_plugin_changes_nothing_in_the_host():
+    import openrlhf.trainer.ppo_trainer as sync_module
+
+    before = sync_module.PPOTrainer
+    import cdra_plugin.openrlhf.trainer  # noqa: F401
+    import cdra_plugin.train  # noqa: F401
+
+    assert sync_module.PPOTrainer is before
+
+
+def test_one_policy_gradient_step_follows_the_step_advantages(
+    monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text
+):
+    """Real tiny model + OpenRLHF's PolicyLoss: tokens of high-advantage steps gain log-probability, low lose it."""
+    from openrlhf.models.loss import PolicyLoss
+    from transformers import AutoModelForCausalLM
+
+    args = cdpa_args(monkeypatch, tiny_model_path)
+    texts = [
+        "Step 1: quiet gardens.\nStep 2: a petting zoo." + EOT,
+        "Step 1: a farm visit.\nStep 2: lakeside walk." + EOT,
+    ]
+    samples = [
+        make_experience(tiny_tokenizer, prompt_text, texts[0], reward([0.9, -0.6]), LABEL),
+        make_experience(tiny_tokenizer, prompt_text, texts[1], reward([-0.2, 0.7]), LABEL),
+    ]
+    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def log_probs():
+        # The host's log_probs_from_logits takes flash-attn's Triton kernel for float32, which needs CUDA.
+        logits = model(exp.sequences, attention_mask=exp.attention_mask).logits[:, :-1]
+        return logits.log_softmax(-1).gather(-1, exp.sequences[:, 1:, None]).squeeze(-1)
+
+    old = log_probs().detach()
+    loss = PolicyLoss()(log_probs(), old, exp.advantages, action_mask=exp.action_mask)[0]
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        delta = log_probs() - old
+    mask = exp.action_mask.bool()
+    up, down = mask & (exp.advantages > 0.1), mask & (exp.advantages < -0.1)
+    assert up.any() and down.any()
+    assert delta[up].mean() > 0 > delta[down].mean()
+    for i in range(2):  # per response: its favoured step rises, its disfavoured step falls (on average)
+        assert delta[i][up[i]].mean() > 0 > delta[i][down[i]].mean()
