@@ -31,6 +31,7 @@ setup(
         "uvicorn",
         "httpx",
         "tqdm",
+        "numpy",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "tokenizers", "ruff"],

@@ -23,6 +23,8 @@ estimator runs the host's code untouched. For ``cdpa``, per batch:
    instead. They are counted in ``info['cdpa_failed']``.
 """
 
+from dataclasses import dataclass
+
 import torch
 from openrlhf.models.utils import compute_reward
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
@@ -144,18 +146,16 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
         exp.kl = None
 
 
+@dataclass(slots=True)
 class _Row:
     """One response: the step of each action token, its step scores, and whether it takes part."""
 
-    __slots__ = ("step_of_token", "step_scores", "failed", "mismatch", "text", "steps")
-
-    def __init__(self, step_of_token, step_scores, failed, mismatch, text, steps):
-        self.step_of_token = step_of_token
-        self.step_scores = step_scores
-        self.failed = failed
-        self.mismatch = mismatch
-        self.text = text
-        self.steps = steps
+    step_of_token: torch.Tensor
+    step_scores: torch.Tensor
+    failed: bool
+    mismatch: bool
+    text: str
+    steps: list
 
 
 class _ResponseLayout:
