@@ -144,6 +144,24 @@ def token_step_ids(offsets, steps: Sequence[Step]) -> torch.LongTensor:
         raise ValueError("steps is empty: segment_steps always returns at least one step")
     off = _as_offsets(offsets)
     starts = np.fromiter((s.start for s in steps), dtype=np.int64, count=len(steps))
+    first = off[:, 0]
+    if len(first) > 1 and not (first[1:] >= first[:-1]).all():
+        return _unsorted_step_ids(off, starts)
+    # Token starts are non-decreasing (any tokenizer's offsets over one text, ``decode_with_offsets``): binary search
+    # the first token of each step (S - 1 searches instead of T). Zero-width tokens at such a boundary belong to the
+    # previous real token, which starts before the boundary, so the boundary moves past them.
+    edges = [0, *np.searchsorted(first, starts[1:], side="left").tolist(), len(first)]
+    for k in range(1, len(steps)):
+        while edges[k] < len(first) and off[edges[k], 1] <= first[edges[k]]:
+            edges[k] += 1
+    ids = np.empty(len(first), dtype=np.int64)
+    for k in range(len(steps)):
+        ids[edges[k] : edges[k + 1]] = k
+    return torch.from_numpy(ids)
+
+
+def _unsorted_step_ids(off: np.ndarray, starts: np.ndarray) -> torch.LongTensor:
+    """``token_step_ids`` for offsets whose starts go back somewhere (e.g. ``(0, 0)`` for an appended EOS)."""
     ids = np.maximum(np.searchsorted(starts, off[:, 0], side="right") - 1, 0)
     real = off[:, 1] > off[:, 0]
     if not real.all():  # forward-fill zero-width tokens with the step of the nearest real token before them

@@ -2,21 +2,25 @@
 
 (a) Step alignment for N responses of ~1,500 tokens with 5-8 steps each (synthetic, in the paper's response format
     with the usual variations: bold/heading/dash markers, preambles, final-answer lines, blank lines, Unicode):
-    - offsets: ``segment_steps`` + ``token_step_ids`` over the tokenizer's offset mapping, timed with and without
-      the encode call that produces the offsets (``cdra_plugin.detok`` makes that one call per response);
+    - full path: what the CDPA experience maker runs per response, from the generated ids (a CPU LongTensor) to one
+      step index per token: ``decode_with_offsets`` -> ``segment_steps`` -> ``token_step_ids``; each stage is also
+      timed alone, and the result is checked equal to the alignment through the tokenizer's own offset mapping;
+    - offsets (given): ``segment_steps`` + ``token_step_ids`` when text and offset mapping are already there;
+    - text -> re-encode: the text given, offsets by re-encoding it (what ``cdra_plugin.detok`` did before);
     - naive: tokenise every step text separately and search its token subsequence in the response ids (cursor
       based, first-token check before comparing), as the paper's reference code does, once with the stripped step
-      texts a PRM is given and once with the exact character slices. A step whose subsequence is not found is a
-      silent miss: its tokens get no step score.
+      texts a PRM is given and once with the exact character slices; text and id list given (its best case; from
+      the ids alone it would also decode, the "+ decode" row). A step whose subsequence is not found is a silent
+      miss: its tokens get no step score.
     The response ids are the canonical encoding of the text, the naive way's best case (sampled ids can be
-    non-canonical and then miss more).
+    non-canonical and then miss more). ``align_speedup`` is naive (stripped steps, text given) / full path.
 (b) ``cdpa_advantages`` for B x T rewards (groups of 8, lengths 1/8..1 of T, 5-8 steps) in every mode against a
     floor of one masked mean over the same tensor: OpenRLHF's ``masked_mean`` expression
     ``(x * mask).sum(-1) / mask.sum(-1)``, and a stricter ``where(mask, x, 0).sum() / mask.sum()``.
 Times are medians of ``--repeats`` runs; each mode's floor is re-measured right before it, so a neighbour process
 slowing the machine affects both. Prints a table, then one JSON object as the last line.
 
-    python scripts/bench_advantage.py                      # full size, about 20 s on 2 cores
+    python scripts/bench_advantage.py                      # full size, about 40 s on 2 cores
     python scripts/bench_advantage.py --responses 64 --batch 128 --length 512 --repeats 3    # smoke run
 """
 
@@ -39,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny_model import ASSETS, build_tokenizer  # noqa: E402
 
 from cdra_plugin.advantage import MODES, cdpa_advantages  # noqa: E402
+from cdra_plugin.detok import decode_with_offsets  # noqa: E402
 from cdra_plugin.steps import segment_steps, token_step_ids  # noqa: E402
 
 MARKERS = ["Step {k}: ", "**Step {k}:** ", "### Step {k}\n", "Step {k} - ", "- Step {k}: ", "step {k}. "]
@@ -95,6 +100,12 @@ def offsets_align(tokenizer, text: str, offsets=None) -> torch.Tensor:
     return token_step_ids(offsets, segment_steps(text))
 
 
+def full_align(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """The experience maker's path: generated ids -> (text, offsets) -> steps -> step index of every token."""
+    text, offsets = decode_with_offsets(tokenizer, ids)
+    return token_step_ids(offsets, segment_steps(text))
+
+
 def samples(fn, repeats: int) -> list[float]:
     fn()
     times = []
@@ -114,36 +125,52 @@ def bench_alignment(args, tokenizer) -> dict:
     texts = make_responses(args.responses, args.tokens, tokenizer, rng)
     encoded = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
     ids = [e["input_ids"] for e in encoded]
+    tensors = [torch.tensor(i) for i in ids]  # what the experience maker holds: a row of exp.sequences
     offsets = [e["offset_mapping"] for e in encoded]
     n_steps = [len(segment_steps(t)) for t in texts]
-    empty = 0
-    for t, off, k in zip(texts, offsets, n_steps, strict=True):
-        empty += k - len(set(offsets_align(tokenizer, t, off).tolist()))
+    empty = mismatches = 0
+    for t, off, k, row in zip(texts, offsets, n_steps, tensors, strict=True):
+        full = full_align(tokenizer, row)
+        empty += k - len(set(full.tolist()))
+        mismatches += int(not torch.equal(full, offsets_align(tokenizer, t, off)))
     missed = {
         strip: sum(naive_align(tokenizer, t, i, strip)[1] for t, i in zip(texts, ids, strict=True))
         for strip in (True, False)
     }
+    decoded = [decode_with_offsets(tokenizer, row) for row in tensors]
+    stepped = [(off, segment_steps(text)) for text, off in decoded]
     reps = max(1, args.repeats // 2)
     times = {
+        "full path (ids -> step ids)": timed(lambda: [full_align(tokenizer, row) for row in tensors], args.repeats),
+        "  decode_with_offsets": timed(lambda: [decode_with_offsets(tokenizer, row) for row in tensors], args.repeats),
+        "  segment_steps": timed(lambda: [segment_steps(t) for t in texts], args.repeats),
+        "  token_step_ids": timed(lambda: [token_step_ids(o, s) for o, s in stepped], args.repeats),
         "offsets (given)": timed(
-            lambda: [offsets_align(tokenizer, t, o) for t, o in zip(texts, offsets, strict=True)], reps
+            lambda: [offsets_align(tokenizer, t, o) for t, o in zip(texts, offsets, strict=True)], args.repeats
         ),
-        "offsets (+ encode)": timed(lambda: [offsets_align(tokenizer, t) for t in texts], reps),
+        "text -> re-encode offsets": timed(lambda: [offsets_align(tokenizer, t) for t in texts], reps),
         "naive (stripped steps)": timed(
             lambda: [naive_align(tokenizer, t, i, True) for t, i in zip(texts, ids, strict=True)], reps
         ),
         "naive (exact slices)": timed(
             lambda: [naive_align(tokenizer, t, i, False) for t, i in zip(texts, ids, strict=True)], reps
         ),
+        "naive (stripped, + decode)": timed(lambda: [naive_from_ids(tokenizer, i) for i in ids], reps),
     }
     return {
         "texts": len(texts),
         "mean_tokens": statistics.fmean(len(i) for i in ids),
         "steps": sum(n_steps),
         "offset_empty_steps": empty,
+        "mismatches": mismatches,
         "missed": missed,
         "times": times,
     }
+
+
+def naive_from_ids(tokenizer, ids: list[int]) -> list[int]:
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return naive_align(tokenizer, text, ids, True)[0]
 
 
 def make_batch(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,18 +226,22 @@ def main() -> int:
     tokenizer = build_tokenizer()
     align = bench_alignment(args, tokenizer)
     t = align["times"]
-    naive = t["naive (stripped steps)"]
+    naive, full = t["naive (stripped steps)"], t["full path (ids -> step ids)"]
     print(
         f"\n(a) step alignment: {align['texts']} responses, {align['mean_tokens']:.0f} tokens on average, "
-        f"{align['steps']} steps"
+        f"{align['steps']} steps; full path == alignment via the tokenizer's offsets for "
+        f"{align['texts'] - align['mismatches']}/{align['texts']} responses"
     )
-    print(f"{'method':28s} {'total ms':>10s} {'us/response':>12s} {'missed steps':>13s} {'naive / this':>13s}")
-    misses = {"naive (stripped steps)": align["missed"][True], "naive (exact slices)": align["missed"][False]}
+    print(f"{'method':30s} {'total ms':>10s} {'us/response':>12s} {'missed steps':>13s} {'naive / this':>13s}")
+    misses = {
+        "naive (stripped steps)": align["missed"][True],
+        "naive (exact slices)": align["missed"][False],
+        "naive (stripped, + decode)": align["missed"][True],
+    }
     for name, seconds in t.items():
-        miss = misses.get(name, align["offset_empty_steps"])
+        miss = f"{misses.get(name, align['offset_empty_steps']):13d}" if not name.startswith("  ") else f"{'':13s}"
         print(
-            f"{name:28s} {seconds * 1e3:10.1f} {seconds / align['texts'] * 1e6:12.1f} {miss:13d} "
-            f"{naive / seconds:12.1f}x"
+            f"{name:30s} {seconds * 1e3:10.1f} {seconds / align['texts'] * 1e6:12.1f} {miss} {naive / seconds:12.1f}x"
         )
 
     adv = bench_advantages(args)
@@ -229,8 +260,16 @@ def main() -> int:
         "align_responses": align["texts"],
         "align_mean_tokens": round(align["mean_tokens"], 1),
         "align_steps": align["steps"],
-        "align_speedup": round(naive / t["offsets (+ encode)"], 2),
+        "align_speedup": round(naive / full, 2),
+        "align_speedup_from_ids": round(t["naive (stripped, + decode)"] / full, 2),
         "align_speedup_offsets_given": round(naive / t["offsets (given)"], 2),
+        "align_speedup_reencode": round(naive / t["text -> re-encode offsets"], 2),
+        "align_full_us": round(full / align["texts"] * 1e6, 1),
+        "align_decode_us": round(t["  decode_with_offsets"] / align["texts"] * 1e6, 1),
+        "align_segment_us": round(t["  segment_steps"] / align["texts"] * 1e6, 1),
+        "align_token_step_ids_us": round(t["  token_step_ids"] / align["texts"] * 1e6, 1),
+        "align_naive_us": round(naive / align["texts"] * 1e6, 1),
+        "align_mismatches": align["mismatches"],
         "naive_missed_steps": align["missed"][True],
         "naive_missed_steps_exact_slices": align["missed"][False],
         "offset_empty_steps": align["offset_empty_steps"],
@@ -245,7 +284,8 @@ def main() -> int:
         result[f"{key}_vs_floor"] = round(sec / floor, 2)
     print(
         "\ntargets (issue 3): alignment >= 50x the naive way: "
-        f"{'met' if result['align_speedup'] >= 50 else 'NOT met'} end to end ({result['align_speedup']}x), "
+        f"{'met' if result['align_speedup'] >= 50 else 'NOT met'} end to end from the ids ({result['align_speedup']}x"
+        f" vs naive with the text given, {result['align_speedup_from_ids']}x vs naive from the ids), "
         f"{'met' if result['align_speedup_offsets_given'] >= 50 else 'NOT met'} with the offsets given "
         f"({result['align_speedup_offsets_given']}x); token_position within 4x of the masked mean: "
         f"{'met' if result['token_position_vs_floor'] <= 4 else 'NOT met'} ({result['token_position_vs_floor']}x)"
