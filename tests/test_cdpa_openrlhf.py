@@ -267,3 +267,21 @@ def test_one_policy_gradient_step_follows_the_step_advantages(
     assert delta[up].mean() > 0 > delta[down].mean()
     for i in range(2):  # per response: its favoured step rises, its disfavoured step falls (on average)
         assert delta[i][up[i]].mean() > 0 > delta[i][down[i]].mean()
+
+
+def test_host_length_penalty_shifts_the_step_scores(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
+    """DAPO overlong penalty (host code): the long response's reward drops by 1.0, so do its step scores, and its
+    better step scores (0.9 vs 0.5) turn into a lower token reward (-0.1 vs 0.5): the advantage sign flips."""
+    short, long = "Step 1: ok." + EOT, "Step 1: a long, long, long answer.\nStep 2: and more, and more words." + EOT
+    n_short, n_long = (len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (short, long))
+    assert n_long >= n_short + 4
+    penalty = ["--reward.overlong_buffer_len", "4", "--rollout.max_new_tokens", str(n_short + 4)]
+    for extra, sign in (([], 1.0), (penalty, -1.0)):
+        args = cdpa_args(monkeypatch, tiny_model_path, *extra)
+        samples = [
+            make_experience(tiny_tokenizer, prompt_text, long, reward([0.9, 0.9]), LABEL),
+            make_experience(tiny_tokenizer, prompt_text, short, reward([0.5]), LABEL),
+        ]
+        (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+        first = exp.advantages[0][exp.action_mask[0].bool()][:n_short]
+        torch.testing.assert_close(first, torch.full((n_short,), sign / math.sqrt(2)), atol=1e-5, rtol=0)
