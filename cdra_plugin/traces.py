@@ -67,14 +67,16 @@ class CritiqueTracer:
         length = int(exp.attention_mask[i].sum())
         query = tokenizer.decode(exp.sequences[i, :length].tolist(), skip_special_tokens=False)
         body = {"query": [query], "prompts": [exp.prompts[i]], "labels": [exp.labels[i]], "cache_only": True}
-        try:
-            response = httpx.post(self.rng.choice(self.score_urls), json=body, timeout=10.0)
-        except httpx.HTTPError:
-            return None
-        if response.status_code != 200:
-            return None
-        (result,) = response.json()["results"]
-        return [(step["critiques"] or [None])[0] for step in result.get("steps", [])] or None
+        for url in self.score_urls:  # OpenRLHF spreads reward calls over the gateways: ask each cache in turn
+            try:
+                response = httpx.post(url, json=body, timeout=10.0)
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                (result,) = response.json()["results"]
+                if result.get("steps"):
+                    return [(step["critiques"] or [None])[0] for step in result["steps"]]
+        return None
 
     def _append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
