@@ -44,9 +44,9 @@ import importlib.util, sys
 bad = [m for m in ("torchvision", "torchaudio") if importlib.util.find_spec(m)]
 if bad and not __import__("torch").cuda.is_available():
     sys.exit(f"{bad} installed beside a CPU torch: they break transformers imports; run the setup script again.")
-import openrlhf, cdra_plugin  # noqa: F401
-print(f"[setup_env] ok: openrlhf {openrlhf.__version__ if hasattr(openrlhf, '__version__') else '?'}, "
-      f"cdra_plugin {cdra_plugin.__version__}")
+from importlib.metadata import version
+import openrlhf, cdra_plugin  # noqa: F401  (importable, not just installed)
+print(f"[setup_env] ok: openrlhf {version('openrlhf')}, torch {version('torch')}, cdra-plugin {cdra_plugin.__version__}")
 PY
 }
 
