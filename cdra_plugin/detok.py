@@ -30,16 +30,24 @@ the tokenizer's offset mapping; when that yields exactly the generated ids, its 
 multi-byte characters then share the character's span, so spans may overlap instead of tiling). Otherwise each
 token's end is the length of the decoded prefix (O(T^2) decode calls), which is exact for concatenative decoders.
 
+A batch of responses is decoded group by group (``decode_groups``, ``decode_batch_with_offsets``): the ids of
+about ``GROUP_TOKENS`` tokens of whole responses go through the table in one set of NumPy operations, then each
+response's bytes are decoded; the texts and offsets are those of ``decode_with_offsets`` on each response, and a
+response it would send elsewhere (invalid UTF-8, an unknown id) goes there alone. ``cdra_plugin.align`` builds the
+trainer's batched step alignment on it.
+
     >>> text, offsets = decode_with_offsets(tokenizer, ids)   # offsets: (T, 2) int64 array of (start, end)
     >>> step_of_token = token_step_ids(offsets, segment_steps(text))
+    >>> pairs = decode_batch_with_offsets(tokenizer, [ids_0, ids_1])   # [(text_0, offsets_0), (text_1, offsets_1)]
 
-``scripts/bench_advantage.py`` (part a) measures this path against the naive step search.
+``scripts/bench_advantage.py`` (part a) measures these paths against the naive step search.
 """
 
 import codecs
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -108,8 +116,18 @@ class ByteLevelTable:
         self._arange = np.arange(0, dtype=np.int64)
 
     def __call__(self, ids: np.ndarray, tokenizer) -> tuple[str, np.ndarray] | None:
-        """``(text, offsets)`` for int64 ``ids`` (T,) >= 0; IndexError for an id >= ``vocab_size``; None when the
-        bytes are not UTF-8 and the decoder's text disagrees with the table's (then take the generic path)."""
+        """``(text, offsets)`` for int64 ``ids`` (T,) >= 0, T >= 1; IndexError for an id >= ``vocab_size``; None when
+        the bytes are not UTF-8 and the decoder's text disagrees with the table's (then take the generic path)."""
+        data, running = self.gather(ids)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._lossy(data, running & _LOW, ids, tokenizer)
+        return text, _spans(running >> _SHIFT)
+
+    def gather(self, ids: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The bytes of int64 ``ids`` (T,), T >= 1, concatenated, and per id the running total
+        ``(character starts << _SHIFT) | bytes`` up to and including it (T,) int64."""
         packed = self.packed[ids]
         running = torch.from_numpy(packed).cumsum(0).numpy()  # torch's CPU cumsum is ~2x NumPy's here
         byte_end = running & _LOW
@@ -120,12 +138,7 @@ class ByteLevelTable:
         # byte i of the response is blob[i + (source_end - byte_end) of the token holding it]
         source = np.repeat(self.source_end[ids] - byte_end, packed & _LOW)
         source += arange[:total]
-        data = self.blob[source].tobytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return self._lossy(data, byte_end, ids, tokenizer)
-        return text, _spans(running >> _SHIFT)
+        return self.blob[source].tobytes(), running
 
     def _lossy(self, data: bytes, byte_end: np.ndarray, ids: np.ndarray, tokenizer) -> tuple[str, np.ndarray] | None:
         """Invalid UTF-8: each maximal invalid subsequence is one U+FFFD starting at its first byte."""
@@ -215,6 +228,181 @@ def decode_with_offsets(tokenizer, ids: Sequence[int] | np.ndarray | torch.Tenso
             return result
         break
     return _generic(tokenizer, arr.tolist())
+
+
+# Responses are decoded in groups of at least this many tokens: enough to amortise NumPy's per-call cost over dozens
+# of responses, few enough that the group's arrays stay small (on the 2-core benchmark VM, 8k-token groups are ~15%
+# slower end to end and one pass over a whole 850k-token batch ~35% slower, its fresh memory being page-faulted in).
+GROUP_TOKENS = 65536
+
+
+@dataclass(frozen=True)
+class DecodedGroup:
+    """``decode_with_offsets`` of B consecutive responses, in arrays over the group (N: their total tokens).
+
+    - ``texts``: the B decoded texts;
+    - ``starts``, ``ends``: (N,) int64, each token's half-open character span in ``"".join(texts)``, the responses'
+      tokens one after the other;
+    - ``token_start``: (B + 1,) int64, response r's tokens are ``token_start[r]:token_start[r + 1]``;
+    - ``text_start``: (B + 1,) int64, response r's text is characters ``text_start[r]:text_start[r + 1]``;
+    - ``tiled``: (B,) bool, True where response r took a byte-level path, so its spans tile its text in order.
+
+    ``group[r]`` is ``(texts[r], offsets)`` exactly as ``decode_with_offsets`` returns it for response r.
+    """
+
+    texts: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    token_start: np.ndarray
+    text_start: np.ndarray
+    tiled: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, r: int) -> tuple[str, np.ndarray]:
+        a, b = self.token_start[r], self.token_start[r + 1]
+        return self.texts[r], np.stack((self.starts[a:b], self.ends[a:b]), axis=1) - self.text_start[r]
+
+
+def decode_batch_with_offsets(tokenizer, batch: Sequence) -> list[tuple[str, np.ndarray]]:
+    """``[decode_with_offsets(tokenizer, ids) for ids in batch]``, the same texts and offsets, computed group by
+    group (``decode_groups``)."""
+    return [item for group in decode_groups(tokenizer, batch) for item in group]
+
+
+def decode_groups(tokenizer, batch: Sequence, group_tokens: int | None = None) -> Iterator[DecodedGroup]:
+    """Decode ``batch`` (B items, each (T_r,) token ids: list, array or tensor; tensors on one device) as groups of
+    whole responses of at least ``group_tokens`` (default ``GROUP_TOKENS``) tokens each, the last one excepted: the
+    byte-level decoding runs once per group instead of once per response. A response that ``decode_with_offsets``
+    sends to the generic path (an id the table lacks, invalid UTF-8 the decoder replaces differently, a tokenizer
+    that is not byte-level) takes that same path alone. A negative id or a bad shape raises ``ValueError`` naming
+    the response. Nothing is yielded for an empty batch.
+    """
+    lengths = [_length(ids, r) for r, ids in enumerate(batch)]
+    group_tokens = GROUP_TOKENS if group_tokens is None else group_tokens
+    first, count = 0, 0
+    for r, n in enumerate(lengths):
+        count += n
+        if count >= group_tokens or r == len(lengths) - 1:
+            yield _Group(tokenizer, batch[first : r + 1], lengths[first : r + 1], first).decode()
+            first, count = r + 1, 0
+
+
+def _length(ids, r: int) -> int:
+    if isinstance(ids, torch.Tensor | np.ndarray):
+        if ids.ndim != 1:
+            raise ValueError(f"response {r}: ids must be one response's token ids, shape (T,), got {tuple(ids.shape)}")
+        return ids.shape[0]
+    return len(ids)
+
+
+class _Group:
+    """Decodes one group of responses (``decode_groups``), filling texts and spans in response order."""
+
+    def __init__(self, tokenizer, batch: Sequence, lengths: list[int], first: int):
+        self.tokenizer, self.batch, self.first = tokenizer, batch, first
+        self.token_start = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.token_start[1:])
+        self.texts: list[str] = []
+        self.tiled: list[bool] = []
+        self.chars = [0]  # text_start
+        self.spans: np.ndarray | None = None  # (2, N) starts and ends, when filled response by response
+        self.empty: str | None = None  # the text of no ids
+
+    def decode(self) -> DecodedGroup:
+        ids = self._ids()
+        if len(ids) and int(ids.min()) < 0:
+            at = int(np.argmin(ids))
+            r = int(np.searchsorted(self.token_start, at, side="right")) - 1
+            where = f"at position {at - int(self.token_start[r])}"
+            raise ValueError(f"response {self.first + r}: token ids must be >= 0, got {int(ids[at])} {where}")
+        table, top = _table(self.tokenizer), int(ids.max()) if len(ids) else -1
+        if table is not None and top >= table.vocab_size:
+            table = _table(self.tokenizer, rebuild=True)  # tokens may have been added since it was built
+        if table is not None and 0 <= top < table.vocab_size:
+            bounds = self._bytes(ids, table)
+            if bounds is not None:  # token k spans [bounds[k], bounds[k + 1])
+                return self._result(bounds[:-1], bounds[1:])
+        else:
+            self._by_response(ids, [None] * (len(self.token_start) - 1), None, table)
+        return self._result(self.spans[0], self.spans[1])
+
+    def _result(self, starts: np.ndarray, ends: np.ndarray) -> DecodedGroup:
+        text_start = np.array(self.chars, dtype=np.int64)
+        return DecodedGroup(self.texts, starts, ends, self.token_start, text_start, np.array(self.tiled, dtype=bool))
+
+    def _bytes(self, ids: np.ndarray, table: ByteLevelTable) -> np.ndarray | None:
+        """All ids are in the table: one gather for the group, then the texts response by response. Returns the
+        (N + 1,) token bounds when every text is valid UTF-8, else fills ``spans`` response by response."""
+        data, running = table.gather(ids)
+        ends = self.token_start[1:].tolist()
+        cuts = (running[[e - 1 for e in ends]] & _LOW).tolist()  # e - 1 == -1 only for leading empty responses
+        texts, a, previous = [], 0, 0  # None: the response goes alone (``_one``)
+        for end, cut in zip(ends, cuts, strict=True):
+            if end == a:
+                texts.append(None if self._empty() else "")  # the bounds below need "" for no ids
+                continue
+            try:
+                texts.append(data[previous:cut].decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(None)
+            a, previous = end, cut
+        if None in texts:
+            self._by_response(ids, texts, running, table)
+            return None
+        for text in texts:  # every text is its bytes' characters: the running counts are the bounds
+            self._add(text, True)
+        bounds = np.empty(len(ids) + 1, dtype=np.int64)
+        bounds[0] = 0
+        np.right_shift(running, _SHIFT, out=bounds[1:])
+        return bounds
+
+    def _by_response(self, ids: np.ndarray, texts: list, running: np.ndarray | None, table) -> None:
+        """Fill ``spans`` response by response: ``texts[r]`` valid UTF-8 from the table, None to decode it alone."""
+        self.spans = np.empty((2, len(ids)), dtype=np.int64)
+        a = 0
+        for r, (text, end) in enumerate(zip(texts, self.token_start[1:].tolist(), strict=True)):
+            if text is None:
+                self._one(r, ids[a:end], table)
+            elif end > a:
+                base = int(running[a - 1] >> _SHIFT) if a else 0
+                self._add(text, True, a, _spans((running[a:end] >> _SHIFT) - base))
+            else:
+                self._add(text, True)
+            a = end
+
+    def _ids(self) -> np.ndarray:
+        if all(isinstance(ids, torch.Tensor) for ids in self.batch):
+            return torch.cat(list(self.batch)).to("cpu", torch.int64).numpy()
+        arrays = [_as_ids(ids) for ids in self.batch]
+        return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+    def _one(self, r: int, ids: np.ndarray, table: ByteLevelTable | None) -> None:
+        """Response r alone, as ``decode_with_offsets`` does it."""
+        if not len(ids):
+            self._add(self._empty(), True)
+            return
+        if table is not None and int(ids.max()) < table.vocab_size:
+            result = table(ids, self.tokenizer)
+            if result is not None:
+                self._add(result[0], True, int(self.token_start[r]), result[1])
+                return
+        text, offsets = _generic(self.tokenizer, ids.tolist())
+        self._add(text, False, int(self.token_start[r]), offsets)
+
+    def _add(self, text: str, tiled: bool, row: int = 0, offsets: np.ndarray | None = None) -> None:
+        """The next response's text; its spans too when ``offsets`` (T, 2), its first token's row ``row``."""
+        if offsets is not None:
+            self.spans[:, row : row + len(offsets)] = offsets.T + self.chars[-1]
+        self.texts.append(text)
+        self.tiled.append(tiled)
+        self.chars.append(self.chars[-1] + len(text))
+
+    def _empty(self) -> str:
+        if self.empty is None:
+            self.empty = _host_decode(self.tokenizer, [])
+        return self.empty
 
 
 def _generic(tokenizer, ids: list[int]) -> tuple[str, np.ndarray]:

@@ -44,8 +44,9 @@ Rules, and why:
 - ``max_steps`` (the carrier width, see ``cdra_plugin.carrier``) merges steps ``max_steps - 1 ...`` into one last
   step; the gateway and the trainer both segment with the same value, so their step counts agree.
 
-Scanning is one regular-expression pass anchored at line starts with bounded quantifiers and disjoint character
-classes (no nested repetition), so time is linear in the text length and any Unicode is fine.
+Scanning is one regular-expression pass over the line starts (a match at 0, then a search for "\\n" + marker) with
+bounded quantifiers and disjoint character classes (no nested repetition), so time is linear in the text length and
+any Unicode is fine. ``cdra_plugin.align`` runs segmentation and token alignment for a whole batch of generated ids.
 
     >>> text = "Sure.\\nStep 1: likes quiet.\\n**Step 2:** suggest a library."
     >>> [(s.start, s.end, s.marker) for s in segment_steps(text)]
@@ -55,14 +56,14 @@ classes (no nested repetition), so time is linear in the text length and any Uni
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 _EOL = r"(?=[ \t]*(?:\r?\n|\Z))"
-_MARKER = re.compile(
-    r"^[ \t>#*_+\-]*"  # indentation, quote, heading, emphasis, bullet
+_MARKER_LINE = (
+    r"[ \t>#*_+\-]*"  # indentation, quote, heading, emphasis, bullet
     r"(?:"
     # "(?![\w.]*\w)" rejects "Step 12abc" and "Step 1.2.x" without backtracking into the number
     r"step[ \t]*(?:\d{1,9}(?:\.\d{1,9}){0,4}|n)(?![\w.]*\w)[ \t]*(?:\([^()\n]{0,80}\)[ \t]*)?"
@@ -72,14 +73,21 @@ _MARKER = re.compile(
     r"(?:final[ \t]+(?:answer|response|recommendation)|answer)\b[ \t]*"
     r"(?P<aclose>[*_]+)?[ \t]*"
     rf"(?:[:\uff1a\-\u2013\u2014][*_]*|{_EOL}|(?(aclose)|(?!)))"
-    r")",
-    re.IGNORECASE | re.MULTILINE,
+    r")"
 )
+# A marker on the first line (``.match`` at 0), and one on any later line with the "\n" before it: a pattern that
+# starts with a literal lets the regex engine skip straight to the next "\n", where a ``^`` under MULTILINE is
+# tried at every character (2-3x slower). Nothing after the "\n" can cross a line, so matches never overlap.
+_FIRST_LINE = re.compile(_MARKER_LINE, re.IGNORECASE)
+_LATER_LINE = re.compile("\n" + _MARKER_LINE, re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of a response: characters ``[start, end)`` of the text, its content from ``body_start``."""
+class Step(NamedTuple):
+    """One step of a response: characters ``[start, end)`` of the text, its content from ``body_start``.
+
+    A named tuple (immutable, compared by value) rather than a frozen dataclass: it is built ~2.5x faster, which
+    counts when every response of every batch is segmented.
+    """
 
     index: int  # 0-based
     start: int  # inclusive char offset
@@ -92,6 +100,11 @@ class Step:
         return text[self.body_start : self.end].strip()
 
 
+# ``Step(...)`` goes through the named tuple's Python-level ``__new__``; segmentation builds a step per marker of
+# every response of every batch, so it builds them directly (same object, ~2x faster)
+_new_step = tuple.__new__
+
+
 def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
     """Split ``text`` into steps that tile it (grammar in the module docstring).
 
@@ -99,20 +112,27 @@ def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 (or None), got {max_steps}")
-    matches = list(_MARKER.finditer(text))
-    if not matches:
+    first = _FIRST_LINE.match(text)
+    later = _LATER_LINE.finditer(text)
+    if max_steps is not None:  # later markers would be merged into the last step anyway: stop scanning
+        later = itertools.islice(later, max_steps - (first is not None))
+    # (line start, body start, marker) of every marker; a later line's match begins at the "\n" before it
+    found = [(m.start() + 1, m.end(), m.group().strip()) for m in later]
+    if first is not None:
+        found.insert(0, (0, first.end(), first.group().strip()))
+    if not found:
         return [Step(0, 0, len(text), 0, "")]
-    if max_steps is not None:
-        matches = matches[:max_steps]
-    starts = [m.start() for m in matches]
-    if text[: starts[0]].strip():
-        starts[0] = 0  # a preamble joins step 1: body_start stays 0 so the PRM sees it
-        body_starts = [0] + [m.end() for m in matches[1:]]
-    else:
-        starts[0] = 0
-        body_starts = [m.end() for m in matches]
-    ends = starts[1:] + [len(text)]
-    return [Step(k, starts[k], ends[k], body_starts[k], matches[k].group(0).strip()) for k in range(len(matches))]
+    start, body, marker = found[0]
+    if start and text[:start].strip():
+        body = 0  # a preamble joins step 1: body_start 0 so the PRM sees it
+    steps, end = [], len(text)
+    for k in range(len(found) - 1, 0, -1):  # backwards: each step ends where the next starts
+        start, body_k, marker_k = found[k]
+        steps.append(_new_step(Step, (k, start, end, body_k, marker_k)))
+        end = start
+    steps.append(_new_step(Step, (0, 0, end, body, marker)))
+    steps.reverse()
+    return steps
 
 
 def _as_offsets(offsets) -> np.ndarray:

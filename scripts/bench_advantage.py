@@ -2,9 +2,12 @@
 
 (a) Step alignment for N responses of ~1,500 tokens with 5-8 steps each (synthetic, in the paper's response format
     with the usual variations: bold/heading/dash markers, preambles, final-answer lines, blank lines, Unicode):
-    - full path: what the CDPA experience maker runs per response, from the generated ids (a CPU LongTensor) to one
-      step index per token: ``decode_with_offsets`` -> ``segment_steps`` -> ``token_step_ids``; each stage is also
-      timed alone, and the result is checked equal to the alignment through the tokenizer's own offset mapping;
+    - batched full path: what the CDPA experience maker runs, ``cdra_plugin.align.align_steps`` over all the
+      responses at once (``decode_groups`` -> ``segment_steps`` per text -> one step search per group of responses),
+      checked equal to the per-response full path (texts, steps, step ids); its decoding is also timed alone;
+    - full path, per response: ``decode_with_offsets`` -> ``segment_steps`` -> ``token_step_ids`` on each response
+      (a CPU LongTensor of generated ids) alone; each stage is also timed alone, and the result is checked equal to
+      the alignment through the tokenizer's own offset mapping;
     - offsets (given): ``segment_steps`` + ``token_step_ids`` when text and offset mapping are already there;
     - text -> re-encode: the text given, offsets by re-encoding it (what ``cdra_plugin.detok`` did before);
     - naive: tokenise every step text separately and search its token subsequence in the response ids (cursor
@@ -13,7 +16,8 @@
       the ids alone it would also decode, the "+ decode" row). A step whose subsequence is not found is a silent
       miss: its tokens get no step score.
     The response ids are the canonical encoding of the text, the naive way's best case (sampled ids can be
-    non-canonical and then miss more). ``align_speedup`` is naive (stripped steps, text given) / full path.
+    non-canonical and then miss more). ``align_speedup`` is naive (stripped steps, text given) / batched full path,
+    ``align_speedup_per_response`` the same against the per-response full path.
 (b) ``cdpa_advantages`` for B x T rewards (groups of 8, lengths 1/8..1 of T, 5-8 steps) in every mode against a
     floor of one masked mean over the same tensor: OpenRLHF's ``masked_mean`` expression
     ``(x * mask).sum(-1) / mask.sum(-1)``, and a stricter ``where(mask, x, 0).sum() / mask.sum()``.
@@ -43,7 +47,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny_model import ASSETS, build_tokenizer  # noqa: E402
 
 from cdra_plugin.advantage import MODES, cdpa_advantages  # noqa: E402
-from cdra_plugin.detok import decode_with_offsets  # noqa: E402
+from cdra_plugin.align import align_steps  # noqa: E402
+from cdra_plugin.detok import decode_groups, decode_with_offsets  # noqa: E402
 from cdra_plugin.steps import segment_steps, token_step_ids  # noqa: E402
 
 MARKERS = ["Step {k}: ", "**Step {k}:** ", "### Step {k}\n", "Step {k} - ", "- Step {k}: ", "step {k}. "]
@@ -101,9 +106,21 @@ def offsets_align(tokenizer, text: str, offsets=None) -> torch.Tensor:
 
 
 def full_align(tokenizer, ids: torch.Tensor) -> torch.Tensor:
-    """The experience maker's path: generated ids -> (text, offsets) -> steps -> step index of every token."""
+    """Per response: generated ids -> (text, offsets) -> steps -> step index of every token."""
     text, offsets = decode_with_offsets(tokenizer, ids)
     return token_step_ids(offsets, segment_steps(text))
+
+
+def batched_differences(tokenizer, tensors: list[torch.Tensor]) -> int:
+    """Responses whose ``align_steps`` text, steps or step ids differ from the per-response full path."""
+    differ = 0
+    for row, got in zip(tensors, align_steps(tokenizer, tensors), strict=True):
+        text, offsets = decode_with_offsets(tokenizer, row)
+        steps = segment_steps(text)
+        differ += not (
+            got.text == text and got.steps == steps and torch.equal(got.step_of_token, token_step_ids(offsets, steps))
+        )
+    return differ
 
 
 def samples(fn, repeats: int) -> list[float]:
@@ -137,11 +154,14 @@ def bench_alignment(args, tokenizer) -> dict:
         strip: sum(naive_align(tokenizer, t, i, strip)[1] for t, i in zip(texts, ids, strict=True))
         for strip in (True, False)
     }
+    batched_mismatches = batched_differences(tokenizer, tensors)
     decoded = [decode_with_offsets(tokenizer, row) for row in tensors]
     stepped = [(off, segment_steps(text)) for text, off in decoded]
     reps = max(1, args.repeats // 2)
     times = {
-        "full path (ids -> step ids)": timed(lambda: [full_align(tokenizer, row) for row in tensors], args.repeats),
+        "batched full path (ids -> ...)": timed(lambda: align_steps(tokenizer, tensors), args.repeats),
+        "  decode_groups": timed(lambda: [len(g) for g in decode_groups(tokenizer, tensors)], args.repeats),
+        "full path, per response": timed(lambda: [full_align(tokenizer, row) for row in tensors], args.repeats),
         "  decode_with_offsets": timed(lambda: [decode_with_offsets(tokenizer, row) for row in tensors], args.repeats),
         "  segment_steps": timed(lambda: [segment_steps(t) for t in texts], args.repeats),
         "  token_step_ids": timed(lambda: [token_step_ids(o, s) for o, s in stepped], args.repeats),
@@ -163,6 +183,7 @@ def bench_alignment(args, tokenizer) -> dict:
         "steps": sum(n_steps),
         "offset_empty_steps": empty,
         "mismatches": mismatches,
+        "batched_mismatches": batched_mismatches,
         "missed": missed,
         "times": times,
     }
@@ -226,11 +247,16 @@ def main() -> int:
     tokenizer = build_tokenizer()
     align = bench_alignment(args, tokenizer)
     t = align["times"]
-    naive, full = t["naive (stripped steps)"], t["full path (ids -> step ids)"]
+    naive, full, batched = (
+        t["naive (stripped steps)"],
+        t["full path, per response"],
+        t["batched full path (ids -> ...)"],
+    )
     print(
         f"\n(a) step alignment: {align['texts']} responses, {align['mean_tokens']:.0f} tokens on average, "
         f"{align['steps']} steps; full path == alignment via the tokenizer's offsets for "
-        f"{align['texts'] - align['mismatches']}/{align['texts']} responses"
+        f"{align['texts'] - align['mismatches']}/{align['texts']} responses, batched == per response for "
+        f"{align['texts'] - align['batched_mismatches']}/{align['texts']}"
     )
     print(f"{'method':30s} {'total ms':>10s} {'us/response':>12s} {'missed steps':>13s} {'naive / this':>13s}")
     misses = {
@@ -260,16 +286,20 @@ def main() -> int:
         "align_responses": align["texts"],
         "align_mean_tokens": round(align["mean_tokens"], 1),
         "align_steps": align["steps"],
-        "align_speedup": round(naive / full, 2),
-        "align_speedup_from_ids": round(t["naive (stripped, + decode)"] / full, 2),
+        "align_speedup": round(naive / batched, 2),
+        "align_speedup_per_response": round(naive / full, 2),
+        "align_speedup_from_ids": round(t["naive (stripped, + decode)"] / batched, 2),
         "align_speedup_offsets_given": round(naive / t["offsets (given)"], 2),
         "align_speedup_reencode": round(naive / t["text -> re-encode offsets"], 2),
+        "align_batched_us": round(batched / align["texts"] * 1e6, 1),
+        "align_batched_decode_us": round(t["  decode_groups"] / align["texts"] * 1e6, 1),
         "align_full_us": round(full / align["texts"] * 1e6, 1),
         "align_decode_us": round(t["  decode_with_offsets"] / align["texts"] * 1e6, 1),
         "align_segment_us": round(t["  segment_steps"] / align["texts"] * 1e6, 1),
         "align_token_step_ids_us": round(t["  token_step_ids"] / align["texts"] * 1e6, 1),
         "align_naive_us": round(naive / align["texts"] * 1e6, 1),
         "align_mismatches": align["mismatches"],
+        "align_batched_mismatches": align["batched_mismatches"],
         "naive_missed_steps": align["missed"][True],
         "naive_missed_steps_exact_slices": align["missed"][False],
         "offset_empty_steps": align["offset_empty_steps"],

@@ -32,9 +32,8 @@ from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.utils.logging_utils import init_logger
 
 from cdra_plugin.advantage import cdpa_advantages
+from cdra_plugin.align import align_steps
 from cdra_plugin.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
-from cdra_plugin.detok import decode_with_offsets
-from cdra_plugin.steps import segment_steps, token_step_ids
 
 logger = init_logger(__name__)
 
@@ -117,14 +116,11 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
         scores, num_steps, failed = decode_step_scores(exp.info)
         width = scores.shape[1]
         pop_carrier(exp.info)
+        # the action tokens of every row, aligned with their steps in one batched call (cdra_plugin.align)
+        actions = [exp.sequences[i, 1:][exp.action_mask[i].bool()] for i in range(exp.sequences.shape[0])]
         out = []
-        for i in range(exp.sequences.shape[0]):
-            action = exp.action_mask[i].bool()
-            ids = exp.sequences[i, 1:][action]
-            text, offsets = decode_with_offsets(self.tokenizer, ids)
-            steps = segment_steps(text, max_steps=width)
+        for i, (text, steps, step_of_token) in enumerate(align_steps(self.tokenizer, actions, max_steps=width)):
             mismatch = not failed[i] and len(steps) != int(num_steps[i])
-            step_of_token = token_step_ids(offsets, steps) if len(ids) else torch.zeros(0, dtype=torch.long)
             step_scores = scores[i, : len(steps)] + penalty[i].float()
             out.append(_Row(step_of_token, step_scores, bool(failed[i]) or mismatch, mismatch, text, steps))
         return out
