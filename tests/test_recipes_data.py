@@ -47,11 +47,6 @@ def data_file(tmp_path: Path, name: str, row: dict = ROW) -> Path:
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_bash_syntax(recipe):
-    subprocess.run(["bash", "-n", str(ROOT / "recipes" / recipe)], check=True)
-
-
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_missing_data_is_reported_before_launch(recipe, tmp_path):
     proc = run(recipe, tmp_path, DATA=str(tmp_path / "nope" / RECIPES[recipe]))
     assert proc.returncode == 2 and proc.stdout == ""
