@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["cdra_plugin", "cdra_plugin.*"]),
-    package_data={"cdra_plugin": ["resources/*", "resources/**/*"]},
+    package_data={"cdra_plugin.testing": ["assets/*"]},
     install_requires=[
         "openrlhf==0.11.2",
         "deepspeed",

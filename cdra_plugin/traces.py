@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import torch
 
+from cdra_plugin.prm.protocol import first_critiques, score_request
+
 SCORE_COLOURS = ((0.7, "\033[32m"), (0.4, "\033[36m"), (0.0, "\033[33m"), (-2.0, "\033[31m"))
 RESET = "\033[0m"
 
@@ -66,7 +68,7 @@ class CritiqueTracer:
             return None
         length = int(exp.attention_mask[i].sum())
         query = tokenizer.decode(exp.sequences[i, :length].tolist(), skip_special_tokens=False)
-        body = {"query": [query], "prompts": [exp.prompts[i]], "labels": [exp.labels[i]], "cache_only": True}
+        body = score_request([query], [exp.prompts[i]], [exp.labels[i]], cache_only=True)
         for url in self.score_urls:  # OpenRLHF spreads reward calls over the gateways: ask each cache in turn
             try:
                 response = httpx.post(url, json=body, timeout=10.0)
@@ -74,8 +76,9 @@ class CritiqueTracer:
                 continue
             if response.status_code == 200:
                 (result,) = response.json()["results"]
-                if result.get("steps"):
-                    return [(step["critiques"] or [None])[0] for step in result["steps"]]
+                critiques = first_critiques(result)
+                if critiques is not None:
+                    return critiques
         return None
 
     def _append(self, record: dict) -> None:

@@ -42,14 +42,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from tiny_model import ASSETS, build_tokenizer  # noqa: E402
 
 from cdra_plugin.advantage import MODES, cdpa_advantages  # noqa: E402
 from cdra_plugin.align import align_steps  # noqa: E402
 from cdra_plugin.detok import decode_groups, decode_with_offsets  # noqa: E402
 from cdra_plugin.steps import segment_steps, token_step_ids  # noqa: E402
+from cdra_plugin.testing.tiny_model import ASSETS, build_tokenizer  # noqa: E402
 
 MARKERS = ["Step {k}: ", "**Step {k}:** ", "### Step {k}\n", "Step {k} - ", "- Step {k}: ", "step {k}. "]
 PREAMBLES = ["Sure! Let me reason about this step by step.\n\n", "Here is my analysis.\n"]

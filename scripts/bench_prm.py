@@ -1,6 +1,6 @@
 """Benchmark: step-wise PRM scoring through the gateway against the serial per-step approach (issue 5, item 7).
 
-A simulated vLLM server (``tests/scripted_llm.py``: fixed latency per request, at most C requests generating at
+A simulated vLLM server (``cdra_plugin.testing``: fixed latency per request, at most C requests generating at
 once, the rest queued) runs in its own process on loopback; so does the real gateway (``cdra prm serve``). Then:
 
 - serial: the paper's reference approach, one PRM call at a time, response after response, step after step
@@ -35,14 +35,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 MODEL = "scripted-prm"
 
 
 def run_backend(latency: float, concurrency: int) -> None:
     """Child mode: serve the simulated PRM until stdin closes; print its base URL first."""
-    from scripted_llm import ScriptedLLM, score_text
+    from cdra_plugin.testing import ScriptedLLM, score_text
 
     with ScriptedLLM(
         lambda request: score_text(0.5), model=MODEL, latency=latency, max_concurrency=concurrency
@@ -137,9 +137,8 @@ async def through_gateway(url: str, triples) -> tuple[float, list[float]]:
 
 
 def token_counts(triples, scorer) -> dict[str, float]:
-    from scripted_llm import approx_tokens
-
     from cdra_plugin.prompts import PRM_TEMPLATE
+    from cdra_plugin.testing import approx_tokens
 
     head = PRM_TEMPLATE.split("{preference}")[0]  # the same in every prompt: cached after the first request
     sent = new = 0
@@ -166,11 +165,11 @@ def main() -> int:
         run_backend(float(args._backend[0]), int(args._backend[1]))
         return 0
 
-    from cdra_plugin.prm.client import PRMClient
+    from cdra_plugin.llm import LLMClient
     from cdra_plugin.prm.scoring import StepScorer
 
     triples = make_responses(args.responses, args.steps)
-    scorer = StepScorer(PRMClient(["http://127.0.0.1:9/v1"], MODEL))  # only builds prompts here
+    scorer = StepScorer(LLMClient(["http://127.0.0.1:9/v1"], MODEL))  # only builds prompts here
     calls = args.responses * args.steps
     backend, backend_url = start_backend(args.latency, args.concurrency)
     try:

@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """Path of a tiny random Qwen2 checkpoint with a fast tokenizer, built once per test run."""
-    from tiny_model import build_tiny_model
+    from cdra_plugin.testing.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
 

@@ -4,7 +4,6 @@ against the plain MULTILINE-anchored pattern it replaced."""
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_detok import TEXTS, byte_tokens, encode, metaspace_tokenizer  # noqa: E402
 
 from cdra_plugin import detok
 from cdra_plugin.align import _step_of_token, align_steps
 from cdra_plugin.detok import DecodedGroup, decode_batch_with_offsets, decode_groups, decode_with_offsets
 from cdra_plugin.steps import _MARKER_LINE, Step, segment_steps, token_step_ids
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_detok import TEXTS, byte_tokens, encode, metaspace_tokenizer  # noqa: E402
-from tiny_model import build_tokenizer  # noqa: E402
+from cdra_plugin.testing.tiny_model import build_tokenizer
 
 STEP_TEXTS = [json.loads(line)["text"] for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open()]
 ANCHORED = re.compile("^" + _MARKER_LINE, re.IGNORECASE | re.MULTILINE)

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 from cdpa_host import cdpa_args, make_experience, query_text
-from scripted_llm import BackgroundServer, ScriptedLLM, prm_step_judge
 
 from cdra_plugin.carrier import FAILED_KEY
 from cdra_plugin.cli import build_parser, main
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.prompts import policy_prompt
+from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
 from cdra_plugin.traces import CritiqueTracer
 
 LABEL = {"preference": "I avoid crowds.", "question": "Where should I travel in May?", "id": "travel/3", "topic": "t"}

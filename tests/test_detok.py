@@ -2,8 +2,6 @@
 
 import gc
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from cdra_plugin import detok
 from cdra_plugin.detok import decode_with_offsets
 from cdra_plugin.steps import Step, _unsorted_step_ids, segment_steps, token_step_ids
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import ASSETS, build_tokenizer  # noqa: E402
+from cdra_plugin.testing.tiny_model import ASSETS, build_tokenizer
 
 TEXTS = [
     "Step 1: The user likes quiet places.\n\nStep 2: Suggest a library.\n",

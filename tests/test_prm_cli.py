@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from scripted_llm import Fault, ScriptedLLM, prm_step_judge
 
 from cdra_plugin.cli import main
+from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-SECRET-api-key-7731"
@@ -165,7 +165,7 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
     (model / "config.json").write_text("{}")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT}/tests/scripted_llm.py" "$@"\n')
+    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cdra_plugin.testing "$@"\n')
     (bin_dir / "cdra").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cdra_plugin.cli "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)

@@ -13,13 +13,13 @@ import threading
 import httpx
 import pytest
 import torch
-from scripted_llm import BackgroundServer, Fault, ScriptedLLM, prm_step_judge
 
 from cdra_plugin.carrier import decode_step_scores
 from cdra_plugin.cli import build_parser
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.prompts import prm_prompt
+from cdra_plugin.testing import BackgroundServer, Fault, ScriptedLLM, prm_step_judge
 
 FAST = ["--timeout", "0.5", "--retries", "2", "--backoff", "0.001", "--backoff-max", "0.005"]
 P, Q = "I avoid crowds.", "Where should I travel in May?"

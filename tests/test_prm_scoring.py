@@ -3,18 +3,18 @@
 import asyncio
 
 import pytest
-from scripted_llm import ScriptedLLM
 
 from cdra_plugin.cli import build_parser
+from cdra_plugin.llm import LLMClient
 from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.client import PRMClient
 from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
 from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template, strip_end_tokens
 from cdra_plugin.prompts import prm_prompt
+from cdra_plugin.testing import ScriptedLLM
 
 
 def scorer(**kw):
-    return StepScorer(PRMClient(["http://127.0.0.1:9/v1"], "m"), **kw)
+    return StepScorer(LLMClient(["http://127.0.0.1:9/v1"], "m"), **kw)
 
 
 def test_step_prompts_follow_eq1_with_preamble_and_end_tokens():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -86,18 +85,9 @@ def add_parser(subparsers) -> None:
     score.set_defaults(func=run_score)
 
 
-def _secret(var: str | None, option: str) -> str | None:
-    if var is None:
-        return None
-    value = os.environ.get(var)
-    if not value:
-        raise ValueError(f"{option} {var}: the environment variable {var} is not set or empty")
-    return value
-
-
 def build_gateway(args: argparse.Namespace):
     """The ``Gateway`` the options describe; ``ValueError`` naming the option otherwise."""
-    from cdra_plugin.prm.client import PRMClient
+    from cdra_plugin.llm import LLMClient, api_key_from_env, split_urls
     from cdra_plugin.prm.metrics import Metrics
     from cdra_plugin.prm.policy import FailurePolicy
     from cdra_plugin.prm.scoring import StepScorer, load_template
@@ -107,10 +97,10 @@ def build_gateway(args: argparse.Namespace):
     if args.k > 1 and temperature == 0:
         raise ValueError("--k > 1 with --temperature 0 samples k identical critiques; set --temperature > 0")
     metrics = Metrics()
-    client = PRMClient(
-        [u for u in args.backend.split(",") if u.strip()],
+    client = LLMClient(
+        split_urls(args.backend),
         args.model,
-        api_key=_secret(args.api_key_env, "--api-key-env"),
+        api_key=api_key_from_env(args.api_key_env),
         prompt_format=args.prompt_format,
         max_tokens=args.max_tokens,
         temperature=temperature,
@@ -171,12 +161,13 @@ def _logging(level: str) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from cdra_plugin.llm import api_key_from_env
     from cdra_plugin.prm.server import create_app
 
     _logging(args.log_level)
     try:
         gateway = build_gateway(args)
-        token = _secret(args.auth_token_env, "--auth-token-env")
+        token = api_key_from_env(args.auth_token_env, "--auth-token-env")
         if args.max_body_mb <= 0:
             raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     except (ValueError, OSError) as exc:

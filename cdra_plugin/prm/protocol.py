@@ -140,6 +140,19 @@ def parse_cache_only(body: Any) -> bool:
     return value
 
 
+def score_request(queries: list[str], prompts: list[str], labels: list, *, cache_only: bool = False) -> dict:
+    """A ``/score`` body for samples in the ``/get_reward`` form; ``cache_only`` answers from the cache alone."""
+    return {"query": queries, "prompts": prompts, "labels": labels, "cache_only": cache_only}
+
+
+def first_critiques(result: dict) -> list[str | None] | None:
+    """The first critique of each step in one ``/score`` result; None when it holds no scored steps (not cached)."""
+    steps = result.get("steps")
+    if not steps:
+        return None
+    return [(step.get("critiques") or [None])[0] for step in steps]
+
+
 def summarize(result: SampleResult, outcome: Outcome, aggregation: str, width: int) -> dict[str, Any]:
     """reward, score and extra_logs of one sample (see module docstring)."""
     logged = outcome.step_scores

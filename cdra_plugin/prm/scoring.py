@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cdra_plugin.prm.client import PRMCallError, PRMClient
+from cdra_plugin.llm import LLMCallError, LLMClient
 from cdra_plugin.prompts import DEFAULT_END_TOKENS, PRM_TEMPLATE, fill, parse_score, prm_prompt
 from cdra_plugin.steps import segment_steps
 
@@ -38,7 +38,7 @@ class StepResult:
     critiques: list[str]
     sample_scores: list[float | None]  # one per critique; None = unparsable
     score: float | None  # aggregated; None = failed (see failure)
-    failure: str | None = None  # failure kind (cdra_plugin.prm.client.FAILURE_KINDS)
+    failure: str | None = None  # failure kind (cdra_plugin.llm.FAILURE_KINDS)
     error: str | None = None
     attempts: int = 0
     latency_s: float = 0.0
@@ -82,11 +82,11 @@ def strip_end_tokens(text: str, end_tokens=DEFAULT_END_TOKENS) -> str:
 
 
 class StepScorer:
-    """Score responses step by step through a ``PRMClient`` (see module docstring)."""
+    """Score responses step by step through a ``LLMClient`` (see module docstring)."""
 
     def __init__(
         self,
-        client: PRMClient,
+        client: LLMClient,
         *,
         template: str = PRM_TEMPLATE,
         k: int = 1,
@@ -135,7 +135,7 @@ class StepScorer:
         base = {"index": step.index, "start": step.start, "end": step.end, "text": text}
         try:
             completion = await self.client.sample(prompt, n=self.k, check=_needs_a_score)
-        except PRMCallError as exc:
+        except LLMCallError as exc:
             return StepResult(
                 **base, critiques=[], sample_scores=[], score=None, failure=exc.kind, error=str(exc),
                 attempts=exc.attempts, latency_s=time.perf_counter() - started,

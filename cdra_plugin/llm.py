@@ -1,18 +1,27 @@
-"""Async client for the Pers-GenPRM behind one or more OpenAI-compatible servers (vLLM, SGLang, a hosted API).
+"""The project's one async LLM client: the PRM gateway, the LLM judge and the DeepPref builder all use it.
 
-Built on ``openai.AsyncOpenAI`` (its transport, auth, timeouts and error types; the request body is sent through
-its generic ``post``) with the package's own retries turned off, because the PRM needs more than it offers:
+Each of them sends prompts to models behind one or more OpenAI-compatible servers (vLLM, SGLang, a hosted API).
+``LLMClient`` is built on ``openai.AsyncOpenAI`` (its transport, auth, timeouts and error types; the body is sent
+through its generic ``post``) with the package's own retries turned off, and adds what a training run needs:
 
 - load balancing: each call goes to the backend with the fewest calls in flight (ties in turn), a retry to another
   backend when there is one;
-- a concurrency limit per backend (what one vLLM replica batches well), queued calls wait for a slot;
+- a concurrency limit per backend (what one vLLM replica batches well); queued calls wait for a slot;
 - a per-request timeout; retries with exponential backoff and full jitter for transient faults (connection errors,
-  timeouts, 429, 5xx, an output the caller rejects, e.g. one without a parsable score); other 4xx are not retried;
-- what is still failed after the retries raises ``PRMCallError`` with its kind: the caller applies its policy.
+  timeouts, 429, 5xx, an answer the caller rejects, e.g. one without a parsable score); other 4xx are not retried;
+- a retry after a rejected answer samples at ``retry_temperature`` when the configured temperature is 0: a greedy
+  model asked the same question again would give the same rejected answer;
+- what is still failed after the retries raises ``LLMCallError`` with its kind: the caller applies its policy;
+- token usage (``usage`` of the server's answer) on every ``Completion``, for cost reports.
 
-The API key is an argument (read from an environment variable by the CLI); it is sent as the bearer token only, and
-redacted from every error message this module produces. Without a key the client sends "EMPTY" (vLLM's convention),
-so a hosted key in ``OPENAI_API_KEY`` never leaks to a local server by accident.
+The API key is an argument (read from an environment variable by the CLIs); it is sent as the bearer token only,
+and redacted from every error message this module produces. Without a key the client sends "EMPTY" (vLLM's
+convention), so a hosted key in ``OPENAI_API_KEY`` never leaks to a local server by accident.
+
+    client = LLMClient(["http://127.0.0.1:8000/v1"], "pers-genprm", temperature=0.0)
+    completion = await client.sample(prompt, n=1, check=lambda texts: None if ok(texts) else "why not")
+    completion.texts, completion.usage.completion_tokens
+    await client.aclose()
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ import openai
 # Failure kinds; the transient ones are retried.
 TRANSIENT_KINDS = ("timeout", "connection", "rate_limited", "server_error", "unparsable", "bad_response")
 FAILURE_KINDS = (*TRANSIENT_KINDS, "client_error")
+PROMPT_FORMATS = ("chat", "completion")
 
 
-class PRMCallError(Exception):
-    """A PRM call that failed for good (after retries, or at once for a non-transient error)."""
+class LLMCallError(Exception):
+    """A call that failed for good (after retries, or at once for a non-transient error)."""
 
     def __init__(self, kind: str, message: str, attempts: int):
         super().__init__(f"{kind} after {attempts} attempt(s): {message}")
@@ -41,20 +51,37 @@ class PRMCallError(Exception):
         self.attempts = attempts
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of the accepted answer as the server counted them (0 when it reports none)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 @dataclass
 class Completion:
     texts: list[str]
     attempts: int
     backend: str
+    usage: Usage = Usage()
 
 
-def normalize_base_url(url: str) -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL."""
+def normalize_base_url(url: str, option: str = "--backend") -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--backend {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1")
+        raise ValueError(f"{option} {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def split_urls(value: str, option: str = "--backend") -> list[str]:
+    """A comma-separated option value as a list of base URLs (at least one)."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"{option}: at least one base URL is needed")
+    return urls
 
 
 def public_url(url: str) -> str:
@@ -73,8 +100,12 @@ class _Backend:
         self.in_flight = 0
 
 
-class PRMClient:
-    """Sample ``n`` completions for a prompt from the least busy backend, with retries (see module docstring)."""
+class LLMClient:
+    """Sample ``n`` completions for a prompt from the least busy backend, with retries (see module docstring).
+
+    ``metrics``: optional, with ``observe_call(backend_label, outcome_kind, seconds)`` and a ``retries`` counter
+    (``cdra_plugin.prm.metrics.Metrics`` has both).
+    """
 
     def __init__(
         self,
@@ -86,6 +117,7 @@ class PRMClient:
         max_tokens: int = 1024,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        retry_temperature: float = 0.7,
         concurrency: int = 64,
         timeout: float = 60.0,
         retries: int = 3,
@@ -95,16 +127,19 @@ class PRMClient:
     ):
         if not base_urls:
             raise ValueError("--backend: at least one base URL is needed")
-        if prompt_format not in ("chat", "completion"):
+        if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"--prompt-format must be chat or completion, got {prompt_format!r}")
         for name, value in (("--concurrency", concurrency), ("--max-tokens", max_tokens)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if timeout <= 0 or retries < 0 or backoff < 0 or backoff_max < 0:
             raise ValueError("--timeout must be > 0 and --retries/--backoff/--backoff-max >= 0")
+        if temperature < 0 or retry_temperature <= 0:
+            raise ValueError("--temperature must be >= 0 and the retry temperature > 0")
         self.model = model
         self.prompt_format = prompt_format
         self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        self.retry_temperature = retry_temperature
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
@@ -129,8 +164,8 @@ class PRMClient:
         candidates = [b for b in order if b is not avoid and b.in_flight < self.concurrency] or order
         return min(candidates, key=lambda b: b.in_flight)
 
-    async def _request(self, backend: _Backend, prompt: str, n: int) -> list[str]:
-        params = {"model": self.model, "n": n, **self.sampling}
+    async def _request(self, backend: _Backend, prompt: str, n: int, sampling: dict) -> tuple[list[str], Usage]:
+        params = {"model": self.model, "n": n, **sampling}
         if self.prompt_format == "chat":
             path, params["messages"], field = "/chat/completions", [{"role": "user", "content": prompt}], "message"
         else:
@@ -146,14 +181,19 @@ class PRMClient:
             raise _Rejected("bad_response", f"no choices[].{field} in the answer of {path}") from None
         if len(texts) != n or any(not isinstance(t, str) for t in texts):
             raise _Rejected("bad_response", f"expected {n} text choice(s), got {len(texts)}")
-        return texts
+        return texts, _usage(data)
 
     async def sample(
-        self, prompt: str, n: int = 1, check: Callable[[list[str]], str | None] | None = None
+        self, prompt: str, n: int = 1, check: Callable[[list[str]], str | None] | None = None, **sampling
     ) -> Completion:
-        """``n`` completions of ``prompt``; ``check(texts)`` returns None to accept or a reason to retry."""
+        """``n`` completions of ``prompt``; ``check(texts)`` returns None to accept or a reason to retry.
+
+        ``sampling`` overrides the client's sampling parameters for this call (``temperature``, ``max_tokens``,
+        ``top_p``, ``seed``, ...); they are sent as they are.
+        """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency * len(self.backends))
+        params = {**self.sampling, **sampling}
         backend = None
         for attempt in range(self.retries + 1):
             async with self._slots:
@@ -161,7 +201,7 @@ class PRMClient:
                 backend.in_flight += 1
                 started = time.perf_counter()
                 try:
-                    texts = await self._request(backend, prompt, n)
+                    texts, usage = await self._request(backend, prompt, n, params)
                     reason = check(texts) if check else None
                     if reason is not None:
                         raise _Rejected("unparsable", reason)
@@ -173,9 +213,11 @@ class PRMClient:
                 if self.metrics is not None:
                     self.metrics.observe_call(backend.label, kind, time.perf_counter() - started)
             if kind == "ok":
-                return Completion(texts, attempt + 1, backend.label)
+                return Completion(texts, attempt + 1, backend.label, usage)
             if kind not in TRANSIENT_KINDS or attempt == self.retries:
-                raise PRMCallError(kind, self.redact(f"{backend.label}: {message}"), attempt + 1)
+                raise LLMCallError(kind, self.redact(f"{backend.label}: {message}"), attempt + 1)
+            if kind == "unparsable" and not params.get("temperature"):
+                params["temperature"] = self.retry_temperature
             if self.metrics is not None:
                 self.metrics.retries.inc()
             await asyncio.sleep(self._delay(attempt, retry_after))
@@ -213,6 +255,14 @@ class _Rejected(Exception):
         self.kind = kind
 
 
+def _usage(data: dict) -> Usage:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    return Usage(*(t if isinstance(t, int) and t >= 0 else 0 for t in tokens))
+
+
 def _classify(exc: Exception) -> tuple[str, str, float | None]:
     """(failure kind, message, Retry-After seconds) of an exception raised by one request."""
     if isinstance(exc, _Rejected):
@@ -236,3 +286,15 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return float(exc.response.headers.get("retry-after", ""))
     except (TypeError, ValueError):
         return None
+
+
+def api_key_from_env(var: str | None, option: str = "--api-key-env") -> str | None:
+    """The secret in environment variable ``var`` (None when no variable is named); never echoed in errors."""
+    if var is None:
+        return None
+    import os
+
+    value = os.environ.get(var)
+    if not value:
+        raise ValueError(f"{option} {var}: the environment variable {var} is not set or empty")
+    return value

@@ -1,12 +1,12 @@
-"""PRMClient against the scripted server: concurrency cap, formats, retries, non-retried errors, the API key."""
+"""LLMClient against the scripted server: concurrency cap, formats, retries, non-retried errors, the API key, usage."""
 
 import asyncio
 import time
 
 import pytest
-from scripted_llm import Fault, ScriptedLLM, score_text
 
-from cdra_plugin.prm.client import PRMCallError, PRMClient, normalize_base_url
+from cdra_plugin.llm import LLMCallError, LLMClient, normalize_base_url
+from cdra_plugin.testing import Fault, ScriptedLLM, score_text
 
 FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 
@@ -24,7 +24,7 @@ async def _sample_many(client, prompts, n=1):
 
 def test_concurrency_is_capped_per_backend_and_calls_are_balanced():
     with ScriptedLLM(latency=0.1) as a, ScriptedLLM(latency=0.1) as b:
-        client = PRMClient([a.base_url, b.base_url], "scripted-prm", concurrency=3, **FAST)
+        client = LLMClient([a.base_url, b.base_url], "scripted-prm", concurrency=3, **FAST)
         started = time.perf_counter()
         out = run(_sample_many(client, [f"p{i}" for i in range(24)]))
         elapsed = time.perf_counter() - started
@@ -36,7 +36,7 @@ def test_concurrency_is_capped_per_backend_and_calls_are_balanced():
 
 def test_completion_format_and_sampling_parameters():
     with ScriptedLLM() as llm:
-        client = PRMClient([llm.base_url], "scripted-prm", prompt_format="completion", temperature=0.7,
+        client = LLMClient([llm.base_url], "scripted-prm", prompt_format="completion", temperature=0.7,
                            max_tokens=64, **FAST)  # fmt: skip
         [completion] = run(_sample_many(client, ["raw prompt"], n=2))
     [request] = llm.requests
@@ -59,9 +59,9 @@ def test_completion_format_and_sampling_parameters():
 def test_failures_after_retries_raise_with_their_kind(faults, kind, attempts):
     with ScriptedLLM() as llm:
         llm.enqueue(*faults)
-        client = PRMClient([llm.base_url], "scripted-prm", **FAST)
+        client = LLMClient([llm.base_url], "scripted-prm", **FAST)
         check = lambda texts: None if "SCORE" in texts[0] else "no score"  # noqa: E731
-        with pytest.raises(PRMCallError) as err:
+        with pytest.raises(LLMCallError) as err:
             run(client.sample("p", check=check))
         assert len(llm.requests) == attempts
     assert err.value.kind == kind and err.value.attempts == attempts
@@ -71,8 +71,8 @@ def test_connection_errors_are_retried_then_reported():
     llm = ScriptedLLM().start()
     url = llm.base_url
     llm.stop()
-    client = PRMClient([url], "scripted-prm", **FAST)
-    with pytest.raises(PRMCallError) as err:
+    client = LLMClient([url], "scripted-prm", **FAST)
+    with pytest.raises(LLMCallError) as err:
         run(client.sample("p"))
     assert err.value.kind == "connection" and err.value.attempts == 3
 
@@ -82,10 +82,10 @@ def test_api_key_is_sent_as_bearer_and_redacted_from_errors(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-hosted-key-must-not-leak")
     with ScriptedLLM() as llm:
         llm.enqueue(Fault.http(400, message=f"invalid key {secret}"))
-        client = PRMClient([llm.base_url], "scripted-prm", api_key=secret, **FAST)
-        with pytest.raises(PRMCallError) as err:
+        client = LLMClient([llm.base_url], "scripted-prm", api_key=secret, **FAST)
+        with pytest.raises(LLMCallError) as err:
             run(client.sample("p"))
-        run(PRMClient([llm.base_url], "scripted-prm", **FAST).sample("p"))  # no key given
+        run(LLMClient([llm.base_url], "scripted-prm", **FAST).sample("p"))  # no key given
         assert [r.headers["authorization"] for r in llm.requests] == [f"Bearer {secret}", "Bearer EMPTY"]
     assert secret not in str(err.value) and "invalid key ***" in str(err.value)
 
@@ -95,3 +95,21 @@ def test_base_urls_are_normalized_and_checked():
     assert normalize_base_url("https://api.openai.com/v1/") == "https://api.openai.com/v1"
     with pytest.raises(ValueError, match="--backend 'h:8000'"):
         normalize_base_url("h:8000")
+
+
+def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():
+    with ScriptedLLM() as llm:
+        llm.enqueue("no score", score_text(0.4))
+        client = LLMClient([llm.base_url], "scripted-prm", temperature=0.0, retry_temperature=0.9, **FAST)
+        completion = run(client.sample("p", check=lambda texts: None if "SCORE" in texts[0] else "no score"))
+    assert [r.body["temperature"] for r in llm.requests] == [0.0, 0.9]
+    assert completion.attempts == 2
+
+
+def test_per_call_sampling_overrides_and_token_usage():
+    with ScriptedLLM() as llm:
+        client = LLMClient([llm.base_url], "scripted-prm", temperature=0.0, max_tokens=64, **FAST)
+        completion = run(client.sample("three word prompt", temperature=1.0, seed=7))
+    [request] = llm.requests
+    assert request.body["temperature"] == 1.0 and request.body["seed"] == 7 and request.body["max_tokens"] == 64
+    assert completion.usage.prompt_tokens == 3 and completion.usage.completion_tokens > 0

@@ -4,7 +4,7 @@ It answers ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1
 port, served by uvicorn from a background thread), with outputs the test chooses, and records every request. Real
 clients (the ``openai`` package, the PRM gateway, the council) talk to it over HTTP like to vLLM.
 
-    from scripted_llm import Fault, ScriptedLLM, score_text
+    from cdra_plugin.testing import Fault, ScriptedLLM, score_text
 
     with ScriptedLLM(script=lambda req: score_text(0.5)) as llm:      # llm.base_url == "http://127.0.0.1:PORT/v1"
         llm.enqueue(Fault.http(500), Fault.hang(5.0), "no score here", score_text(7), "SCORE: nan")
@@ -16,10 +16,7 @@ delays every answer and ``max_concurrency`` caps how many are being "generated" 
 makes it a simulated vLLM server for benchmarks. ``BackgroundServer`` runs any ASGI app the same way (tests use it
 to host the real gateway).
 
-As a command it stands in for ``vllm serve`` (recipe tests): it serves ``prm_step_judge()`` until SIGTERM/SIGINT,
-taking vLLM's ``--served-model-name``, ``--host`` and ``--port`` and ignoring the other options::
-
-    python tests/scripted_llm.py serve MODEL --served-model-name pers-genprm --port 8100 --enable-prefix-caching
+As a command (``python -m cdra_plugin.testing``) it stands in for ``vllm serve``.
 """
 
 from __future__ import annotations
@@ -315,25 +312,3 @@ class ScriptedLLM:
             kind = "text_completion"
         model = body.get("model", self.model)
         return {"id": "scripted-0", "object": kind, "created": 0, "model": model, "choices": choices, "usage": usage}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import signal
-
-    parser = argparse.ArgumentParser(description="scripted stand-in for `vllm serve`")
-    parser.add_argument("command", choices=["serve"])
-    parser.add_argument("model")
-    parser.add_argument("--served-model-name")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args, _ = parser.parse_known_args(argv)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    llm = ScriptedLLM(prm_step_judge(), model=args.served_model_name or args.model, host=args.host, port=args.port)
-    with llm:
-        print(f"scripted LLM serving {llm.model!r} on {llm.base_url}", flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
-
-
-if __name__ == "__main__":
-    main()

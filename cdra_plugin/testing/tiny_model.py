@@ -6,7 +6,7 @@ with Qwen2's pre-tokenisation (its split pattern, byte-level, untrimmed offsets)
 offset mappings and chat formatting behave as they do with Qwen2.5; the model is randomly initialised (seed 0).
 ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained(path)`` and OpenRLHF load the result like any checkpoint.
 
-    python tests/tiny_model.py /tmp/tiny-qwen2     # build one by hand (benchmarks do this)
+    python -m cdra_plugin.testing.tiny_model /tmp/tiny-qwen2     # build one by hand
 """
 
 import sys

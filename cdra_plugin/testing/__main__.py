@@ -1,0 +1,38 @@
+"""``python -m cdra_plugin.testing serve``: the scripted OpenAI-compatible server as a stand-in for ``vllm serve``.
+
+It takes vLLM's ``serve MODEL``, ``--served-model-name``, ``--host`` and ``--port`` (other vLLM options are accepted
+and ignored, so recipes can launch it in vLLM's place) and answers until SIGTERM or SIGINT. ``--role`` picks how it
+answers:
+
+- ``prm`` (default): as the Pers-GenPRM; tags in the step under judgement set its answer, ``[score=0.3]``,
+  ``[http=500]``, ``[hang=5]``; an untagged step scores ``--default-score``.
+
+    python -m cdra_plugin.testing serve pers-genprm --port 8000
+"""
+
+import argparse
+import signal
+
+from cdra_plugin.testing.server import ScriptedLLM, prm_step_judge
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cdra_plugin.testing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("model", help="model name it answers as (vllm serve's MODEL)")
+    parser.add_argument("--served-model-name", help="name it reports instead of MODEL (as vLLM)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--role", choices=["prm"], default="prm", help="how it answers (see above)")
+    parser.add_argument("--default-score", type=float, default=0.5, help="prm role: score of an untagged step")
+    args, _ = parser.parse_known_args(argv)
+    script = prm_step_judge(args.default_score)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    with ScriptedLLM(script, model=args.served_model_name or args.model, host=args.host, port=args.port) as llm:
+        print(f"scripted LLM ({args.role}) serving {llm.model!r} on {llm.base_url}", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+if __name__ == "__main__":
+    main()
