@@ -17,21 +17,20 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["cdra_plugin", "cdra_plugin.*"]),
     package_data={"cdra_plugin.testing": ["assets/*"]},
+    # What the package imports. OpenRLHF brings its own stack (deepspeed, ray, vllm, flash-attn, transformers);
+    # scripts/setup_env.sh installs it in the order a CPU-only machine needs.
     install_requires=[
         "openrlhf==0.11.2",
-        "deepspeed",
-        "ray[default]",
-        "vllm",
         "torch",
-        "transformers",
-        "flash-attn",
+        "numpy",
         "datasets",
         "openai>=1.40",
+        "httpx",
         "fastapi",
         "uvicorn",
-        "httpx",
+        "prometheus_client",
         "tqdm",
-        "numpy",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "tokenizers", "ruff"],

@@ -1,7 +1,6 @@
-"""cdra-plugin: Critique-Driven Reasoning Alignment for OpenRLHF.
+"""cdra-plugin: Critique-Driven Reasoning Alignment (CDRA) for OpenRLHF.
 
-The core (``steps``, ``advantage``, ``prompts``, ``prm``, ``data``, ``council``, ``eval``) never imports OpenRLHF;
-``cdra_plugin.openrlhf`` is the only adapter to the host.
+``cdra_plugin.openrlhf`` is the only package that imports OpenRLHF; everything else runs without the host.
 """
 
 __version__ = "0.1.0"
