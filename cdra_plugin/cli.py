@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from cdra_plugin import __version__
+from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
 from cdra_plugin.prm import cli as prm_cli
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_traces_parser(subparsers)
     data_cli.add_parser(subparsers)
+    build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
     return parser
 
