@@ -36,7 +36,7 @@ KEEP_TOP=${KEEP_TOP:-2}
 SEED=${SEED:-0}
 
 # --- throughput
-PARALLEL=${PARALLEL:-64}                           # scenarios in flight
+PARALLEL=${PARALLEL:-}                             # scenarios in flight (empty: as many as the busier role's slots)
 GENERATOR_CONCURRENCY=${GENERATOR_CONCURRENCY:-64} # calls in flight per generator URL
 EVALUATOR_CONCURRENCY=${EVALUATOR_CONCURRENCY:-64} # calls in flight per evaluator URL
 TIMEOUT=${TIMEOUT:-120}
@@ -68,10 +68,11 @@ check_inputs() {
     [[ -z $var || -n ${!var:-} ]] || die "$key=$var names an unset or empty variable (set it, or $key= for no key)"
   done
   local name
-  for name in BRANCH DEPTH KEEP_TOP PARALLEL GENERATOR_CONCURRENCY EVALUATOR_CONCURRENCY RETRIES; do
+  for name in BRANCH DEPTH KEEP_TOP GENERATOR_CONCURRENCY EVALUATOR_CONCURRENCY RETRIES; do
     is_uint "${!name}" || die "$name=${!name}: expected a non-negative integer"
   done
-  ((BRANCH >= 1 && DEPTH >= 1 && PARALLEL >= 1)) || die "BRANCH, DEPTH and PARALLEL must be >= 1"
+  ((BRANCH >= 1 && DEPTH >= 1)) || die "BRANCH and DEPTH must be >= 1"
+  [[ -z $PARALLEL ]] || { is_uint "$PARALLEL" && ((PARALLEL >= 1)); } || die "PARALLEL=$PARALLEL: expected a positive integer"
   [[ -z $LIMIT ]] || is_uint "$LIMIT" || die "LIMIT=$LIMIT: expected a non-negative integer"
   [[ $PRUNE_BELOW == off || $PRUNE_BELOW =~ ^-?[0-9]*\.?[0-9]+$ ]] || die "PRUNE_BELOW=$PRUNE_BELOW: a number in [-1, 1] or off"
   [[ $SEED == none ]] || is_uint "$SEED" || die "SEED=$SEED: a non-negative integer or none"
@@ -84,7 +85,8 @@ build_command() {
     --generator "$GENERATOR_URL" --generator-model "$GENERATOR_MODEL" --generator-concurrency "$GENERATOR_CONCURRENCY"
     --evaluator "$EVALUATOR_URL" --evaluator-model "$EVALUATOR_MODEL" --evaluator-concurrency "$EVALUATOR_CONCURRENCY"
     --branch "$BRANCH" --depth "$DEPTH" --prune-below "$PRUNE_BELOW" --keep-top "$KEEP_TOP" --seed "$SEED"
-    --parallel "$PARALLEL" --timeout "$TIMEOUT" --retries "$RETRIES")
+    --timeout "$TIMEOUT" --retries "$RETRIES")
+  [[ -z $PARALLEL ]] || CMD+=(--parallel "$PARALLEL")
   [[ -z $GENERATOR_KEY_ENV ]] || CMD+=(--generator-api-key-env "$GENERATOR_KEY_ENV")
   [[ -z $EVALUATOR_KEY_ENV ]] || CMD+=(--evaluator-api-key-env "$EVALUATOR_KEY_ENV")
   [[ -z $PERSONAS ]] || CMD+=(--personas "$PERSONAS")

@@ -113,3 +113,18 @@ def test_one_line_keeps_step_markers_out_of_line_starts():
     assert one_line("  They value quiet.\n\nAnswer: go to Lofoten.\nStep 3: x ") == (
         "They value quiet. Answer: go to Lofoten. Step 3: x"
     )
+
+
+def test_personas_option_takes_names_or_a_json_file(tmp_path):
+    from cdra_plugin.build.cli import parse_personas
+
+    assert parse_personas(None) == PERSONAS
+    assert [p.name for p in parse_personas("contrarian, The Psychologist")] == ["The Contrarian", "The Psychologist"]
+    mine = tmp_path / "mine.json"
+    mine.write_text('[{"name": "The Economist", "description": "Weighs costs and incentives."}]')
+    assert parse_personas(str(mine))[0].role == "The Economist (weighs costs and incentives)"
+    mine.write_text('{"name": "x"}')
+    with pytest.raises(ValueError, match=r'expected a non-empty JSON list of \{"name", "description"\}'):
+        parse_personas(str(mine))
+    with pytest.raises(ValueError, match="unknown \\['Astrologer'\\]; known: Sociologist, Psychologist"):
+        parse_personas("Astrologer")

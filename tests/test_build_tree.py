@@ -22,9 +22,11 @@ def council_server():
         yield server
 
 
-def build(server, shape=None, preference=P, retries=1, seed=0):
+def build(server, shape=None, preference=P, retries=1, seed=0, timeout=60.0):
     async def go():
-        generator = LLMClient([server.base_url], "council", temperature=0.8, retries=retries, backoff=0.0)
+        generator = LLMClient(
+            [server.base_url], "council", temperature=0.8, retries=retries, backoff=0.0, timeout=timeout
+        )
         evaluator = LLMClient([server.base_url], "council", retries=retries, backoff=0.0)
         try:
             pair = Pair("k1", "Travel", preference, Q, {"file": "t.jsonl", "index": 0})
@@ -143,6 +145,14 @@ def test_failures_are_counted_by_kind_and_prune_never_score(council_server):
                            "failure": "unparsable"}]  # fmt: skip
     assert "The Pedagogue" not in json.dumps(built.record)  # its generation failed: no node at all
     assert all(isinstance(n.get("score", 0.5), float) for n in built.record["thought_tree"].values())
+
+
+def test_a_generator_that_hangs_is_a_counted_timeout(council_server):
+    built = build(council_server, TreeShape(depth=1), preference=P + " [council: hypothesis Pragmatist=hang]",
+                  timeout=0.2)  # fmt: skip
+    assert built.tally["failures"] == {"thought": {"timeout": 1}}
+    assert built.tally["calls"]["thought"] == {"calls": 5, "attempts": 6}
+    assert "The Pragmatist" not in json.dumps(built.record)
 
 
 def test_out_of_range_scores_are_unparsable_not_clipped(council_server):

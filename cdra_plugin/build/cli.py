@@ -79,7 +79,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--seed", default="0", metavar="N|none",
                    help="seed of the generator's sampling, per node (default 0); none: send no seed")  # fmt: skip
     g = p.add_argument_group("run")
-    g.add_argument("--parallel", type=int, default=64, help="scenarios in flight at once (default 64)")
+    g.add_argument("--parallel", type=int, default=None, help="scenarios in flight at once (default: the larger "
+                   "role's calls in flight, concurrency x URLs, which keeps its servers full)")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_build)
@@ -138,7 +139,7 @@ def _client(args, role: str):
     )
 
 
-def options_from(args):
+def options_from(args, default_parallel: int):
     from cdra_plugin.build.runner import BuildOptions
     from cdra_plugin.build.tree import TreeShape
 
@@ -151,7 +152,7 @@ def options_from(args):
         shape=shape,
         limit=args.limit,
         seed=_optional(args.seed, "--seed", int),
-        parallel=args.parallel,
+        parallel=default_parallel if args.parallel is None else args.parallel,
         retry_skipped=args.retry_skipped,
         progress=not args.no_progress,
         health_check=not args.skip_health_check,
@@ -161,13 +162,16 @@ def options_from(args):
 async def _build(args) -> dict:
     from cdra_plugin.build.runner import build
 
-    options = options_from(args)
-    generator, evaluator = _client(args, "generator"), _client(args, "evaluator")
+    clients = []
     try:
-        return await build(options, generator, evaluator)
+        clients += [_client(args, "generator")]
+        clients += [_client(args, "evaluator")]
+        # scripts/bench_build.py: as many scenarios in flight as the busier role has server slots reach the bound
+        slots = max(c.concurrency * len(c.backends) for c in clients)
+        return await build(options_from(args, slots), *clients)
     finally:
-        await generator.aclose()
-        await evaluator.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 def run_build(args) -> int:
@@ -194,9 +198,10 @@ def run_build(args) -> int:
 
 
 def _report(stats: dict, output: Path, topic_file) -> None:
-    s = stats["scenarios"]
+    s, run = stats["scenarios"], stats["runs"][-1]
     print(f"{s['built']} scenarios built, {s['skipped']} skipped, {s['not_yet_built']} not yet built "
-          f"({s['duplicates']} duplicate pairs in the input)")  # fmt: skip
+          f"({s['duplicates']} duplicate pairs in the input); this run: {run.get('built', 0)} built, "
+          f"{run.get('skipped', 0)} skipped in {run['wall_s']:.1f} s")  # fmt: skip
     for reason, n in s["skipped_by_reason"].items():
         print(f"  skipped ({reason}): {n}")
     failures = {f"{stage}.{kind}": n for stage, kinds in stats["failures"].items() for kind, n in kinds.items()}
