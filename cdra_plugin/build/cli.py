@@ -37,27 +37,32 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "build",
         help="build DeepPref trees from (preference, question) pairs (the persona council, Figs. 11-13)",
-        description="DeepPref construction (paper Section 2.2, Appendix E): a council of expert personas grows a Tree "
-        "of Thoughts per (P, q) with a generator model; an evaluator model critiques and scores every thought "
-        "(Fig. 12) and every final path (Fig. 13); low-scoring branches are pruned.",
+        description="DeepPref construction (paper Section 2.2, Appendix E): a council of expert personas grows a\n"
+        "Tree of Thoughts per (P, q) with a generator model; an evaluator model critiques and scores every\n"
+        "thought (Fig. 12) and every finished path (Fig. 13); low-scoring branches are pruned.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--input", required=True, help="PrefEval-style JSON file or folder of them (topic = file name), or "
-                   "JSONL rows {preference, question, topic?}")  # fmt: skip
-    g.add_argument("--output", required=True, type=Path, help="output directory (see below); resumes a build there")
-    g.add_argument("--limit", type=int, help="build only the first N distinct pairs of the input")
+    g.add_argument("--input", required=True, metavar="PATH", help="PrefEval-style JSON file or folder of them "
+                   "(topic = file name), or JSONL rows {preference, question, topic?}")  # fmt: skip
+    g.add_argument(
+        "--output", required=True, type=Path, metavar="DIR", help="output directory (see below); resumes a build there"
+    )
+    g.add_argument("--limit", type=int, metavar="N", help="build only the first N distinct pairs of the input")
     g.add_argument("--retry-skipped", action="store_true", help="rebuild scenarios a previous run skipped")
-    for role, default_temperature, default_tokens in (("generator", 0.8, 512), ("evaluator", 0.0, 1024)):
+    roles = (("generator", 0.8, 512, "a thought or an answer"), ("evaluator", 0.0, 1024, "a critique and its score"))
+    for role, temperature, tokens, output in roles:
         g = p.add_argument_group(role)
         g.add_argument(f"--{role}", required=True, metavar="URL[,URL...]", help="OpenAI-compatible base URL(s)")
-        g.add_argument(f"--{role}-model", required=True, help="model name the server serves")
+        g.add_argument(f"--{role}-model", required=True, metavar="NAME", help="model name the server serves")
         g.add_argument(f"--{role}-api-key-env", metavar="VAR", help="environment variable holding its API key")
-        g.add_argument(f"--{role}-temperature", type=float, default=default_temperature,
-                       help=f"sampling temperature (default {default_temperature})")  # fmt: skip
-        g.add_argument(f"--{role}-max-tokens", type=int, default=default_tokens, help=f"default {default_tokens}")
-        g.add_argument(f"--{role}-concurrency", type=int, default=64, help="calls in flight per backend (default 64)")
+        g.add_argument(f"--{role}-temperature", type=float, default=temperature, metavar="T",
+                       help=f"sampling temperature (default {temperature:g})")  # fmt: skip
+        g.add_argument(f"--{role}-max-tokens", type=int, default=tokens, metavar="N",
+                       help=f"longest {output}, in tokens (default {tokens})")  # fmt: skip
+        g.add_argument(f"--{role}-concurrency", type=int, default=64, metavar="N",
+                       help="calls in flight per URL (default 64)")  # fmt: skip
     g = p.add_argument_group("calls (both roles)")
     g.add_argument("--prompt-format", choices=["chat", "completion"], default="chat",
                    help="chat: one user message (default); completion: raw text")  # fmt: skip
@@ -70,17 +75,21 @@ def add_parser(subparsers) -> None:
     g.add_argument("--personas", default=None, metavar="NAMES|FILE.json",
                    help="comma-separated names among " + ", ".join(x.short for x in PERSONAS) + " (default: all "
                    "five), or a JSON file: a list of {\"name\", \"description\"}")  # fmt: skip
-    g.add_argument("--branch", type=int, default=2, help="b: children per expanded node (default 2)")
-    g.add_argument("--depth", type=int, default=4, help="D: levels of hypotheses before the answer (default 4)")
+    g.add_argument("--branch", type=int, default=2, metavar="b", help="b: children per expanded node (default 2)")
+    g.add_argument(
+        "--depth", type=int, default=4, metavar="D", help="D: levels of hypotheses before the answer (default 4)"
+    )
     g.add_argument("--prune-below", default="0.4", metavar="X|off",
                    help="prune thoughts scoring below X in [-1, 1] (default 0.4: Fig. 12 calls lower scores "
                    "'no real inference'); off: no threshold")  # fmt: skip
-    g.add_argument("--keep-top", type=int, default=2, help="expand only the k best of each level (default 2; 0: all)")
+    g.add_argument(
+        "--keep-top", type=int, default=2, metavar="k", help="expand only the k best of each level (default 2; 0: all)"
+    )
     g.add_argument("--seed", default="0", metavar="N|none",
                    help="seed of the generator's sampling, per node (default 0); none: send no seed")  # fmt: skip
     g = p.add_argument_group("run")
-    g.add_argument("--parallel", type=int, default=None, help="scenarios in flight at once (default: the larger "
-                   "role's calls in flight, concurrency x URLs, which keeps its servers full)")  # fmt: skip
+    g.add_argument("--parallel", type=int, default=None, metavar="N", help="scenarios in flight at once (default: "
+                   "the busier role's calls in flight, concurrency x URLs, which keeps its servers full)")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_build)

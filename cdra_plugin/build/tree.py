@@ -198,12 +198,15 @@ class _Job:
 
     # -- model calls ----------------------------------------------------------------------------------------------
     async def _call(self, stage: str, prompt: str, *, n: int = 1, check=None, label=()) -> Completion | str:
-        """The accepted completion, or the failure kind (already counted) when the call failed after retries."""
+        """The accepted completion, or the failure kind (already counted) when the call failed after retries.
+
+        ``label`` names the call's place in the tree (it seeds generator calls).
+        """
         role = STAGES[stage]
         client = self.council.generator if role == "generator" else self.council.evaluator
         sampling = {}
         if role == "generator" and self.council.seed is not None:
-            sampling["seed"] = stable_seed(self.council.seed, self.pair.key, stage, label)
+            sampling["seed"] = stable_seed(self.council.seed, self.pair.key, *label)
         self.tally.add("calls", stage, "calls")
         try:
             completion = await client.sample(prompt, n=n, check=check, **sampling)
@@ -256,7 +259,7 @@ class _Job:
 
         async def generate(index: int, persona: Persona) -> Thought | None:
             prompt = hypothesis_prompt(persona, p.preference, p.question)
-            result = await self._call("thought", prompt, check=_nonblank, label=(index,))
+            result = await self._call("thought", prompt, check=_nonblank, label=("hypothesis", index))
             return None if isinstance(result, str) else self._add(None, persona, "hypothesis", result.texts[0], index)
 
         generated = await asyncio.gather(*(generate(i, persona) for i, persona in enumerate(self.shape.personas)))
@@ -268,7 +271,9 @@ class _Job:
         """Fig. 11's follow-up prompt on the path to ``parent``, ``n = b`` completions: its children, scored."""
         p = self.pair
         prompt = follow_up_prompt(p.preference, p.question, parent.thoughts())
-        result = await self._call("thought", prompt, n=self.shape.branch, check=_nonblank, label=parent.label)
+        result = await self._call(
+            "thought", prompt, n=self.shape.branch, check=_nonblank, label=("follow_up", *parent.label)
+        )
         if isinstance(result, str):
             return []
         children = [self._add(parent, parent.persona, "hypothesis", t, i) for i, t in enumerate(result.texts)]
@@ -280,7 +285,7 @@ class _Job:
         p = self.pair
         thoughts = leaf.thoughts()
         prompt = answer_prompt(p.preference, p.question, thoughts)
-        result = await self._call("answer", prompt, check=_nonblank, label=leaf.label)
+        result = await self._call("answer", prompt, check=_nonblank, label=("answer", *leaf.label))
         if isinstance(result, str):
             return None
         answer = self._add(leaf, leaf.persona, "answer", result.texts[0], 0)
