@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdra_plugin.build.io import BuildError, read_pairs
+from cdra_plugin.build.io import BuildError, Journal, read_pairs
 from cdra_plugin.build.runner import BuildOptions, build
 from cdra_plugin.build.tree import TreeShape
 from cdra_plugin.cli import main
@@ -151,11 +151,14 @@ def test_resume_after_partial_runs_gives_the_same_files(council_server, tmp_path
     assert retried["scenarios"]["skipped"] == 1
 
 
-def test_a_resume_with_other_tree_options_is_refused(council_server, tmp_path):
+def test_a_resume_with_other_options_or_a_concurrent_build_is_refused(council_server, tmp_path):
     source = pairs_file(tmp_path, ROWS[:1])
     run_build(council_server, source, tmp_path / "out")
     with pytest.raises(BuildError, match=r"\(branch: built with 2, now 3\): use the same options to resume"):
         run_build(council_server, source, tmp_path / "out", shape=TreeShape(branch=3))
+    with Journal(tmp_path / "out" / "build"):  # a build still running there
+        with pytest.raises(BuildError, match="another cdra build is writing .*journal.jsonl"):
+            run_build(council_server, source, tmp_path / "out")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "cot_X_preferences.json").write_text("[]")
     with pytest.raises(BuildError, match="it is not a cdra build"):

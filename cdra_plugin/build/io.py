@@ -13,6 +13,7 @@ Output directory::
     OUT/build/build_stats.json         counts: scenarios, nodes, pruning, failures by kind, calls, tokens, time
     OUT/build/journal.jsonl            one line per finished scenario (built or skipped), then one per run
     OUT/build/config.json              the options that shape a tree; a resume must use the same ones
+    OUT/build/.lock                    held while a build runs: one build per directory at a time
 
 The state lives in ``build/`` because ``cdra data prepare --input OUT`` reads every ``.json``/``.jsonl`` file of
 OUT. Each finished scenario is appended to the journal, flushed and fsync'ed, so an interrupt loses at most the
@@ -23,6 +24,7 @@ run leaves the previous ones untouched, and a file under a final name is always 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -87,11 +89,29 @@ def _pair(raw, path: Path, index: int) -> Pair:
 
 
 class Journal:
-    """The append-only record of finished scenarios (last entry per key wins) and of runs."""
+    """The append-only record of finished scenarios (last entry per key wins) and of runs.
+
+    Used as a context manager: it holds an exclusive lock on ``OUT/build/.lock`` while open, so two builds never
+    write the same journal (the second stops with an error).
+    """
 
     def __init__(self, directory: Path):
+        self.directory = directory
         self.path = directory / JOURNAL
+        self._lock = None
         self._file = None
+
+    def __enter__(self) -> Journal:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.directory / ".lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise BuildError(
+                f"another cdra build is writing {self.path}: wait for it, or use another --output"
+            ) from None
+        return self
 
     def load(self) -> tuple[dict[str, dict], list[dict]]:
         """(scenario entries by key, run entries); a torn last line is removed first, any other bad line is fatal."""
@@ -115,17 +135,18 @@ class Journal:
                 runs.append(entry)
         return scenarios, runs
 
-    def __enter__(self) -> Journal:
-        self._file = self.path.open("a", encoding="utf-8")
-        return self
-
     def append(self, entry: dict) -> None:
+        """Append, flush and fsync one entry (the file is opened on the first append, after ``load``)."""
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def __exit__(self, *exc) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        self._lock.close()  # releases the lock
 
 
 def _replace(path: Path, data: bytes) -> None:

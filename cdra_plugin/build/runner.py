@@ -82,18 +82,17 @@ async def build(options: BuildOptions, generator: LLMClient, evaluator: LLMClien
     pairs, duplicates = read_pairs(options.input)
     config = tree_config(options, generator, evaluator)
     state = check_output(Path(options.output), config)
-    journal = Journal(state)
-    done, runs = journal.load()
-    selected = pairs[: options.limit] if options.limit is not None else pairs
-    todo = [p for p in selected if _needs_build(done.get(p.key), options.retry_skipped)]
-    if todo and options.health_check:
-        await _check_health(generator, "--generator")
-        await _check_health(evaluator, "--evaluator")
-    save_config(state, config)
-    council = Council(generator, evaluator, options.shape, seed=options.seed)
-    started, counts = time.perf_counter(), Counter()
-    run = {"type": "run", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "todo": len(todo)}
-    with journal:
+    with Journal(state) as journal:
+        done, runs = journal.load()
+        selected = pairs[: options.limit] if options.limit is not None else pairs
+        todo = [p for p in selected if _needs_build(done.get(p.key), options.retry_skipped)]
+        if todo and options.health_check:
+            await _check_health(generator, "--generator")
+            await _check_health(evaluator, "--evaluator")
+        save_config(state, config)
+        council = Council(generator, evaluator, options.shape, seed=options.seed)
+        started, counts = time.perf_counter(), Counter()
+        run = {"type": "run", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "todo": len(todo)}
         try:
             await _build_all(todo, council, options, journal, done, counts)
         except BaseException:
@@ -103,8 +102,8 @@ async def build(options: BuildOptions, generator: LLMClient, evaluator: LLMClien
             run.update(wall_s=round(time.perf_counter() - started, 3), **counts)
             journal.append(run)
             runs.append(run)
-    stats = summarize(options, config, pairs, duplicates, selected, done, runs)
-    compile_outputs(Path(options.output), done, stats)
+        stats = summarize(options, config, pairs, duplicates, selected, done, runs)
+        compile_outputs(Path(options.output), done, stats)
     return stats
 
 
