@@ -3,6 +3,7 @@
 cdra --version
 cdra data prepare --input trees/ --output out/
 cdra prm serve --backend http://127.0.0.1:8000/v1 --model pers-genprm
+cdra eval generate|judge|report ...
 cdra traces show traces.jsonl
 """
 
@@ -12,6 +13,7 @@ import sys
 from cdra_plugin import __version__
 from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
+from cdra_plugin.eval import cli as eval_cli
 from cdra_plugin.prm import cli as prm_cli
 
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parser(subparsers)
     build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
+    eval_cli.add_parser(subparsers)
     return parser
 
 
