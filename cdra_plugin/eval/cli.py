@@ -123,7 +123,7 @@ def add_parser(subparsers) -> None:
     jud = sub.add_parser(
         "judge",
         help="judge responses with an LLM: the eight checks of the protocol (resumable)",
-        description="Ask a judge LLM the paper's checks (Figs. 7-10 and PrefEval's four) about "
+        description="Ask a judge LLM the paper's checks (Figs. 7-9, misleading, PrefEval's four) about "
         "every response. Output rows: id, topic, mode, model, sample, judge, verdicts {check: "
         "true|false|null}, explanations, restatement, failures {check: kind}. An answer without "
         "<answer>Yes|No</answer> is retried, then recorded as null and counted; never guessed. "
@@ -157,7 +157,7 @@ def add_parser(subparsers) -> None:
         "report",
         help="Table 1, paired differences, radar.png (Fig. 4) and errors.png for runs",
         description="Compute Acc_PF (Eq. 5), Acc_DA (Eq. 4), Acc_Mis, m_th, m_dm, m_ie and the "
-        "four PrefEval error rates, in percent, with 95%% bootstrap intervals over prompts, per topic, "
+        "four PrefEval error rates, in percent, with 95% bootstrap intervals over prompts, per topic, "
         "and paired differences of every later run minus every earlier one on the prompts both "
         "share. Writes report.json, report.md, report.csv, radar.png, errors.png into --output.",
     )
