@@ -74,7 +74,8 @@ def cdpa_batch(monkeypatch, url, samples, tiny_model_path, tiny_tokenizer, *opti
     from cdra_plugin.openrlhf.tracer import CritiqueTracer
 
     args = cdpa_args(monkeypatch, tiny_model_path, "--rollout.micro_batch_size", "1", *options)
-    args.reward.remote_url = [url + "/get_reward"]
+    # two gateways, the first one down: the tracer asks each in turn for its cached critiques
+    args.reward.remote_url = ["http://127.0.0.1:9/get_reward", url + "/get_reward"]
     maker = cdpa_maker(args, tiny_tokenizer, tracer=CritiqueTracer.from_args(args))
     experiences = maker.split_rollout_samples(samples)
     for exp in experiences:

@@ -15,6 +15,9 @@ from cdpa_host import cdpa_args
 def local_ray():
     import ray
 
+    if ray.is_initialized():  # started by someone else: theirs to stop
+        yield ray
+        return
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

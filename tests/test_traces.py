@@ -44,6 +44,7 @@ def test_append_rotates_past_the_size_cap(tmp_path):
         ({"scores": [0.8]}, "field 'scores' has 1 entries for 2 steps"),
         ({"scores": [0.8, float("nan")]}, "field 'scores' must be a list of numbers or nulls"),
         ({"scores": [True, 0.1]}, "field 'scores' must be a list of numbers or nulls"),
+        ({"mean_advantage": [10**400, 0.1]}, "field 'mean_advantage' must be a list of numbers or nulls"),
         ({"failed": "no"}, "field 'failed' must be true or false"),
         ({"steps": "one step"}, "field 'steps' must be a list of strings"),
         ({"prompt_id": {"id": 1}}, "field 'prompt_id' must be a string, an integer or null"),

@@ -76,6 +76,7 @@ class CDPAConfig:
                 PREFIX + f.name,
                 type=str if f.default is None else type(f.default),
                 choices=f.metadata["choices"],
+                metavar=None if f.metadata["choices"] else f.name.upper(),
                 default=f.default,
                 help=f"{f.metadata['help']} (default: {shown})",
             )

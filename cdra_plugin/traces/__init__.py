@@ -51,7 +51,7 @@ def trace_problem(record) -> str | None:
         return "field 'steps' must be a list of strings"
     for key in ("scores", "mean_advantage"):
         values = record[key]
-        if not (isinstance(values, list) and all(v is None or _finite(v) for v in values)):
+        if not (isinstance(values, list) and all(v is None or finite_number(v) for v in values)):
             return f"field '{key}' must be a list of numbers or nulls"
         if len(values) != len(steps):
             return f"field '{key}' has {len(values)} entries for {len(steps)} steps"
@@ -64,8 +64,14 @@ def trace_problem(record) -> str | None:
     return None
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def finite_number(value) -> bool:
+    """A JSON number that is finite as a float (booleans are not numbers here, nor integers past float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def append_trace(path: str | Path, record: dict, max_bytes: int) -> None:

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from cdra_plugin.traces import trace_problem
+from cdra_plugin.traces import finite_number, trace_problem
 
 SCORE_COLOURS = ((0.7, "\033[32m"), (0.4, "\033[36m"), (0.0, "\033[33m"), (-math.inf, "\033[31m"))
 FAILED_COLOUR = "\033[31m"
@@ -66,7 +66,7 @@ def _from_trace(record: dict) -> _View:
 
 
 def _is_scored(record) -> bool:
-    """``cdra prm score`` output: an ``id`` and ``steps`` but no ``prompt_id`` (which every trace record has)."""
+    """Looks like ``cdra prm score`` output: ``steps`` but no ``prompt_id`` (which every trace record has)."""
     return isinstance(record, dict) and "steps" in record and "prompt_id" not in record
 
 
@@ -77,9 +77,7 @@ def _scored_problem(record: dict) -> str | None:
     for j, step in enumerate(record["steps"]):
         if not isinstance(step, dict) or not isinstance(step.get("text"), str):
             return f"steps[{j}].text must be a string"
-        score = step.get("score")
-        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
-                                  or not math.isfinite(score)):  # fmt: skip
+        if not (step.get("score") is None or finite_number(step["score"])):
             return f"steps[{j}].score must be a number or null"
         critiques = step.get("critiques", [])
         if not (isinstance(critiques, list) and all(isinstance(c, str) for c in critiques)):
