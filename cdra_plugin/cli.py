@@ -15,6 +15,7 @@ from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
 from cdra_plugin.eval import cli as eval_cli
 from cdra_plugin.prm import cli as prm_cli
+from cdra_plugin.traces import cli as traces_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,33 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cdra-plugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_traces_parser(subparsers)
     data_cli.add_parser(subparsers)
     build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
+    traces_cli.add_parser(subparsers)
     return parser
-
-
-def add_traces_parser(subparsers) -> None:
-    traces = subparsers.add_parser("traces", help="read the critique traces written by cdra-train --cdpa.trace_path")
-    actions = traces.add_subparsers(dest="traces_command", metavar="ACTION", required=True)
-    show = actions.add_parser("show", help="print one traced response, its steps coloured by PRM score")
-    show.add_argument("file", help="the JSONL trace file")
-    show.add_argument("--index", type=int, default=-1, help="which record (0 = first, -1 = last; default -1)")
-    show.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
-    show.set_defaults(func=_traces_show)
-
-
-def _traces_show(args) -> int:
-    from cdra_plugin.traces import show
-
-    try:
-        print(show(args.file, args.index, colour=False if args.no_colour else None))
-    except (OSError, ValueError, IndexError) as e:
-        print(f"cdra traces show: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
