@@ -184,6 +184,20 @@ def test_atomic_files_commit_together_or_not_at_all(tmp_path):
     assert oct((tmp_path / "keep" / "s.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+@pytest.mark.parametrize(
+    "journal, problem",
+    [("{not json", "unreadable commit journal"), ('{"staging": "../x", "files": [], "remove": []}', "names outside")],
+)
+def test_a_damaged_journal_stops_the_next_run_with_one_line(tmp_path, capsys, journal, problem):
+    out = tmp_path / "out"
+    before = prepared(out)
+    (out / JOURNAL).write_text(journal)
+    assert main([*PREPARE, "--output", str(out), "--overwrite", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cdra data: error: {out / JOURNAL}: {problem}") and err.count("\n") == 1
+    assert snapshot(out) == before
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -79,7 +79,8 @@ class AtomicFiles:
         try:
             self._created = _make_dirs(self.directory)
             self._lock_fd = _lock(self.directory)
-            _recover(self.directory)
+            with _interrupts_held():
+                _recover(self.directory)
             _sweep(self.directory, self.replaces)
             self._staging = self.directory / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
             self._staging.mkdir()
