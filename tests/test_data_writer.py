@@ -37,7 +37,7 @@ def hook(event, args):
     if event == "os.rename" and ".cdra-staging-" in path:
         moves += 1
     hit = (
-        (event == "open" and ".cdra-staging-" in path and point == "open:" + os.path.basename(path))
+        (event == "open" and point == "open:" + os.path.basename(path))
         or (event == "os.rename" and point == "commit" and str(args[1]).endswith(".cdra-commit.json"))
         or (event == "os.rename" and point == f"move:{moves}" and ".cdra-staging-" in path)
     )
@@ -107,6 +107,13 @@ def test_an_interrupt_while_writing_prints_one_line_and_changes_nothing(tmp_path
         assert not (tmp_path / "nested").exists()  # the folders it created are gone again
     else:
         assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == OUTPUTS
+
+
+def test_ctrl_c_in_any_cdra_command_prints_one_line(tmp_path):
+    proc = start("pause", "open:cot_Finance_preferences.json", "data", "validate", "--input", str(SAMPLE))
+    assert proc.stdout.readline() == "paused\n"
+    proc.send_signal(signal.SIGINT)
+    assert finish(proc) == (130, "", "cdra data: interrupted\n")
 
 
 def test_a_crash_between_two_renames_is_completed_by_the_next_run(tmp_path):
