@@ -4,12 +4,12 @@
 #
 # The paper's setting is the default: Qwen2.5-7B-Instruct initialised from the RFT checkpoint, G = 5 responses per
 # prompt at temperature 1.0, up to 400 optimisation steps, KL to the reference policy, hybrid engine (actor,
-# reference and vLLM colocated on the same GPUs). Before launching it checks the prompts, the policy checkpoint and
-# the PRM gateway (`recipes/serve_prm.sh`).
+# reference and vLLM colocated on the same GPUs). Before launching it checks every value, the prompts, the policy
+# checkpoint, the PRM gateway (`recipes/serve_prm.sh`) and the GPUs; DRY_RUN=1 all but the GPUs and Ray.
 #
 #   bash recipes/serve_prm.sh &                                # Pers-GenPRM behind vLLM + the step-wise gateway
 #   bash recipes/train_cdpa.sh                                 # 1 node: starts a local Ray head if none answers
-#   DRY_RUN=1 bash recipes/train_cdpa.sh                       # check inputs, print the command, launch nothing
+#   DRY_RUN=1 bash recipes/train_cdpa.sh                       # check, print the command, launch nothing
 #   CDPA_MODE=process N_SAMPLES=8 bash recipes/train_cdpa.sh
 #   RAY_ADDRESS=http://head:8265 NNODES=4 bash recipes/train_cdpa.sh   # multi-node: a Ray cluster you started
 #   ESTIMATOR=group_norm bash recipes/train_cdpa.sh            # see train_grpo_baseline.sh for the GRPO baseline

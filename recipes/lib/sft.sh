@@ -1,6 +1,7 @@
 # Shared body of the SFT recipes (train_prm_sft.sh, train_policy_rft.sh): sourced after the recipe has set
-# RECIPE, DATA_NAME and its own defaults for DATA, SAVE_PATH, EPOCHS, BATCH_SIZE and LR. Launches
-# `deepspeed --module openrlhf.cli.train_sft` on chat-format input/output rows from `cdra data prepare`.
+# RECIPE, DATA_NAME and its own defaults for DATA, SAVE_PATH, EPOCHS, BATCH_SIZE and LR. Checks every value, then
+# the launcher and the GPUs (not with DRY_RUN=1), and launches `deepspeed --module openrlhf.cli.train_sft` on
+# chat-format input/output rows from `cdra data prepare`.
 
 # --- data (from `cdra data prepare`)
 EVAL_DATA=${EVAL_DATA:-}
