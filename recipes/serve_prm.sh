@@ -44,6 +44,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 check_inputs() {
   need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
   check_model PRM_MODEL "train it with recipes/train_prm_sft.sh or point PRM_MODEL at a checkpoint folder or hub id"
   [[ -n $SERVED_NAME ]] || die "SERVED_NAME is empty: the model name the gateway asks vLLM for"
   [[ $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "GPUS=$GPUS: expected comma-separated GPU ids such as 0,1,2,3"

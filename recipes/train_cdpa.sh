@@ -62,6 +62,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 check_inputs() {
   need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
   need_choice SKIP_HEALTH_CHECK 0 1
   check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
   [[ -z $EVAL_PROMPTS ]] || check_jsonl EVAL_PROMPTS "set it to an eval.jsonl from 'cdra data prepare', or leave it empty" \

@@ -31,6 +31,7 @@ def run(**env) -> subprocess.CompletedProcess:
         ({"FAILURE_POLICY": "score=abc"}, "FAILURE_POLICY=score=abc: expected drop, fail or score=X"),
         ({"MAX_STEPS": "0"}, "MAX_STEPS=0: expected a whole number >= 1"),
         ({"DRY_RUN": "true"}, "DRY_RUN=true: expected one of: 0 1"),
+        ({"GPU_CHECK": "off"}, "GPU_CHECK=off: expected one of: 0 1"),
     ],
 )
 def test_every_value_is_checked(env, message):

@@ -39,6 +39,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 check_inputs() {
   need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
   check_jsonl DATA "$(prepare_hint DATA "$DATA_NAME")" INPUT_KEY OUTPUT_KEY
   [[ -z $EVAL_DATA ]] || check_jsonl EVAL_DATA "set it to held-out rows in the DATA format, or leave it empty" \
     INPUT_KEY OUTPUT_KEY
