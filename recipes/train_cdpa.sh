@@ -143,10 +143,12 @@ check_ray_gpus() {  # the GPUs this run is told to use: NNODES x GPUS_PER_NODE
     check_gpus "$GPUS_PER_NODE" "GPUS_PER_NODE=$GPUS_PER_NODE on this node"
     return 0
   fi
-  have=$(ray list nodes --address "$RAY_ADDRESS" --format json --limit 10000 2>/dev/null | "$PYTHON" -c '
-import json, sys
-print(int(sum(n["resources_total"].get("GPU", 0) for n in json.load(sys.stdin) if n.get("state") == "ALIVE")))') ||
+  local nodes
+  nodes=$(ray list nodes --address "$RAY_ADDRESS" --format json --limit 10000 2>/dev/null) ||
     die "no Ray cluster answers at RAY_ADDRESS=$RAY_ADDRESS: start one ('ray start --head' on the head node, 'ray start --address HEAD_IP:6379' on the others)"
+  have=$("$PYTHON" -c '
+import json, sys
+print(int(sum(n["resources_total"].get("GPU", 0) for n in json.load(sys.stdin) if n.get("state") == "ALIVE")))' <<<"$nodes")
   ((have >= want)) || die "the Ray cluster at $RAY_ADDRESS has $have GPU(s); NNODES=$NNODES x GPUS_PER_NODE=$GPUS_PER_NODE = $want needed"
 }
 
