@@ -181,7 +181,7 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
     env = {**os.environ, "PRM_MODEL": str(model), "GPUS": "0,1", "VLLM_BASE_PORT": str(base),
            "GATEWAY_PORT": str(gateway_port), "VLLM": str(bin_dir / "vllm"), "CDRA": str(bin_dir / "cdra"),
            "PYTHON": sys.executable, "LOG_DIR": str(tmp_path / "logs"), "HEALTH_TIMEOUT": "60",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "PYTHONPATH": str(ROOT), "GPU_CHECK": "0"}  # fmt: skip
     proc = subprocess.Popen(
         ["bash", str(RECIPE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
