@@ -9,7 +9,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CDRA_VENV:-$HOME/.venvs/cdra-plugin}
-# setup_env.sh writes the stamp last, so a build that was cut short is redone too.
-[[ -f $VENV/.cdra-env-stamp ]] || bash "$REPO/scripts/setup_env.sh"
+# Built, or brought up to date when setup.py or setup_env.sh changed (the stamp is written last, so a build that
+# was cut short is redone too).
+CDRA_VENV=$VENV bash "$REPO/scripts/setup_env.sh" --check 2>/dev/null || CDRA_VENV=$VENV bash "$REPO/scripts/setup_env.sh"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "$VENV/bin/python" -m cdra_plugin.cli demo "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What CI runs (.ci/run): ruff check, ruff format --check, then the test suite, all on this checkout. Builds the
-# environment first when it is missing (scripts/setup_env.sh; CDRA_VENV moves it, default ~/.venvs/cdra-plugin).
+# environment first when it is missing or out of date (scripts/setup_env.sh; CDRA_VENV moves it, default
+# ~/.venvs/cdra-plugin).
 #
 #   scripts/test.sh                          # everything
 #   scripts/test.sh tests/test_steps.py -x   # arguments go to pytest
@@ -8,8 +9,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CDRA_VENV:-$HOME/.venvs/cdra-plugin}
-# setup_env.sh writes the stamp last, so a build that was cut short is redone too.
-[[ -f $VENV/.cdra-env-stamp ]] || bash "$REPO/scripts/setup_env.sh"
+# Built, or brought up to date when setup.py or setup_env.sh changed (the stamp is written last, so a build that
+# was cut short is redone too).
+CDRA_VENV=$VENV bash "$REPO/scripts/setup_env.sh" --check 2>/dev/null || CDRA_VENV=$VENV bash "$REPO/scripts/setup_env.sh"
 cd "$REPO"
 # This checkout's code, whichever checkout the environment's editable install points at.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
