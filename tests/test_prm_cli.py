@@ -96,7 +96,7 @@ def test_offline_scoring_is_resumable(tmp_path):
     with ScriptedLLM(prm_step_judge()) as llm:
         assert score_cli(llm, inp, out) == 0
         scored = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-        assert scored["a"]["reward"] == pytest.approx(0.6) and scored["b"]["reward"] == pytest.approx(-0.3)
+        assert scored["a"]["reward"] == pytest.approx(0.3) and scored["b"]["reward"] == pytest.approx(-0.3)
         assert scored["c"]["response"] == "Step 1: z [score=0.9]<|im_end|>" and scored["c"]["num_steps"] == 1
         assert [s["text"] for s in scored["a"]["steps"]] == ["x [score=0.2]", "y [score=0.4]"]
         assert len(llm.requests) == 4
@@ -193,8 +193,8 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
             if "ready. Train with:" in line:
                 break
         assert f"--reward.remote_url {url}/get_reward" in "".join(seen), "".join(seen)
-        body = {"query": ["PStep 1: a [score=0.25]\nStep 2: b [score=0.5]"], "prompts": ["P"], "labels": [LABEL]}
-        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.75]
+        body = {"query": ["PStep 1: a [score=0.25]\nStep 2: b [score=0.75]"], "prompts": ["P"], "labels": [LABEL]}
+        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.5]
         health = httpx.get(url + "/health", timeout=10).json()
         assert [b["backend"] for b in health["backends"]] == [f"http://127.0.0.1:{base + i}/v1" for i in (0, 1)]
     finally:
