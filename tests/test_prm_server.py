@@ -55,7 +55,7 @@ def test_a_client_that_disconnects_is_one_quiet_line(prm, caplog):
     with serving([prm.base_url]) as (url, _):
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"query\": [")
+            sock.sendall(b'POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"query": [')
             time.sleep(0.2)
         deadline = time.monotonic() + 5
         while 'endpoint="get_reward"' not in (metrics := httpx.get(url + "/metrics").text):

@@ -14,10 +14,11 @@ per step. What a client can do to the server is bounded:
 
 - bad input gets a 4xx naming the field: invalid JSON, an integer too long to read, nesting too deep, a lone
   surrogate (400), a body over ``--max-body-mb`` (413), the gateway's own limits (413, ``gateway``);
-- deadlines (``cdra_plugin.prm.limits``): request headers must arrive within ``--header-timeout`` seconds of the
-  connection's first byte or of its opening, and the body within ``--body-timeout`` seconds of the headers (else
-  408 and the connection is closed), so slow clients (slowloris) cannot hold connections; headers are limited to
-  64 KiB; idle kept-alive connections close after 5 s;
+- deadlines (``cdra_plugin.prm.limits``): a request's headers must be complete within ``--header-timeout``
+  seconds (counted from the connection's opening, or from the first byte of a later request on a kept-alive
+  connection), else the connection is closed; its body within ``--body-timeout`` seconds of the headers, else 408
+  and the connection is closed. Slow clients (slowloris) cannot hold connections. Headers are limited to 64 KiB;
+  idle kept-alive connections close after 5 s;
 - a client that disconnects before its body arrived is logged in one line, not as an error;
 - no ``/docs``, ``/redoc`` or ``/openapi.json``; with ``--auth-token-env`` every endpoint wants
   ``Authorization: Bearer <token>`` (or HTTP basic auth with the token as password, which is what OpenRLHF's client
