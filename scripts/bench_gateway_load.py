@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -106,20 +107,22 @@ async def load(url: str, requests: int, concurrency: int, steps: int, offset: in
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies, errors = [], 0
+    latencies, errors = [], {}
     queue = iter(range(offset, offset + requests))
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
 
         async def worker() -> None:
-            nonlocal errors
             for i in queue:
                 started = time.perf_counter()
                 try:
                     answer = await client.post(url + "/get_reward", json=request_body(i, steps))
-                    ok = answer.status_code == 200 and len(answer.json()["rewards"]) == 1
-                except httpx.HTTPError:
-                    ok = False
-                errors += not ok
+                    error = None if answer.status_code == 200 else f"HTTP {answer.status_code}"
+                    if answer.status_code == 502:  # the failure kinds the gateway names
+                        error += " " + "/".join(sorted(set(re.findall(r"\b([a-z_]+) after \d+ attempt", answer.text))))
+                except httpx.HTTPError as exc:
+                    error = type(exc).__name__
+                if error is not None:
+                    errors[error] = errors.get(error, 0) + 1
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -127,7 +130,7 @@ async def load(url: str, requests: int, concurrency: int, steps: int, offset: in
         wall = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100)
     return {"wall_s": wall, "rps": requests / wall, "p50_ms": 1e3 * cuts[49], "p99_ms": 1e3 * cuts[98],
-            "errors": errors}  # fmt: skip
+            "errors": sum(errors.values()), "error_kinds": errors}  # fmt: skip
 
 
 def run_one(code: Path, backend_url: str, args, concurrency: int, offset: int) -> dict:
@@ -141,6 +144,16 @@ def run_one(code: Path, backend_url: str, args, concurrency: int, offset: int) -
         gateway.wait(timeout=30)
     cpu_ms = 1e3 * (after["cpu_s"] - before["cpu_s"]) / args.requests
     return {**result, "rss_mib": after["rss_mib"], "peak_rss_mib": after["peak_rss_mib"], "cpu_ms_per_req": cpu_ms}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each figure's median over the runs; error kinds summed."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "error_kinds"}
+    kinds: dict[str, int] = {}
+    for run in runs:
+        for kind, n in run["error_kinds"].items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    return {**out, "error_kinds": kinds}
 
 
 def main() -> int:
@@ -180,18 +193,16 @@ def main() -> int:
             backend.stdin.close()
             backend.wait(timeout=30)
 
-    medians = {
-        name: {c: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for c, runs in by_level.items()}
-        for name, by_level in results.items()
-    }
+    medians = {name: {c: median_run(runs) for c, runs in by_level.items()} for name, by_level in results.items()}
     print(f"{args.requests} requests x {args.steps} steps, backend latency U[{low * 1e3:g}, {high * 1e3:g}] ms, "
           f"gateway --concurrency 1024; median of {args.repeats} run(s)")  # fmt: skip
     print(f"{'version':<22} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'RSS MiB':>8} "
-          f"{'peak MiB':>9} {'CPU ms/req':>11}")  # fmt: skip
+          f"{'peak MiB':>9} {'CPU ms/req':>11}  error kinds")  # fmt: skip
     for name, by_level in medians.items():
         for c, m in by_level.items():
             print(f"{name:<22} {c:>5} {m['rps']:>8.1f} {m['p50_ms']:>8.0f} {m['p99_ms']:>8.0f} {m['errors']:>7.0f} "
-                  f"{m['rss_mib']:>8.0f} {m['peak_rss_mib']:>9.0f} {m['cpu_ms_per_req']:>11.2f}")  # fmt: skip
+                  f"{m['rss_mib']:>8.0f} {m['peak_rss_mib']:>9.0f} {m['cpu_ms_per_req']:>11.2f}  "
+                  f"{json.dumps(m['error_kinds']) if m['error_kinds'] else ''}")  # fmt: skip
     summary = {
         "requests": args.requests, "steps": args.steps, "latency_s": [low, high], "repeats": args.repeats,
         "results": {name: {str(c): m for c, m in by_level.items()} for name, by_level in medians.items()},
