@@ -54,6 +54,7 @@ SAVE_STEPS=${SAVE_STEPS:-50}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 DRY_RUN=${DRY_RUN:-0}
 SKIP_HEALTH_CHECK=${SKIP_HEALTH_CHECK:-0}
+REWARD_AGGREGATION=${REWARD_AGGREGATION:-}  # the gateway reward_aggregation required (empty: any; the GRPO baseline: sum)
 AUTH_TOKEN_ENV=${AUTH_TOKEN_ENV:-}  # name of the env var holding the gateway's bearer token, if it has one
 
 RECIPE=${RECIPE:-$(basename "$0")}
@@ -64,6 +65,7 @@ check_inputs() {
   need_choice DRY_RUN 0 1
   need_choice GPU_CHECK 0 1
   need_choice SKIP_HEALTH_CHECK 0 1
+  [[ -z $REWARD_AGGREGATION ]] || need_choice REWARD_AGGREGATION length_mean mean sum
   check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
   [[ -z $EVAL_PROMPTS ]] || check_jsonl EVAL_PROMPTS "set it to an eval.jsonl from 'cdra data prepare', or leave it empty" \
     INPUT_KEY LABEL_KEY
@@ -93,16 +95,16 @@ check_inputs() {
   need_env_var_name AUTH_TOKEN_ENV
 }
 
-check_gateway() {  # GET /health: every PRM backend up, and a failure policy this estimator honours
+check_gateway() {  # GET /health: every PRM backend up, a failure policy this estimator honours, the aggregation
   if [[ $SKIP_HEALTH_CHECK == 1 ]]; then
     note "SKIP_HEALTH_CHECK=1: the PRM gateway at $REWARD_URL is not checked"
     return 0
   fi
   local status=0 answer
-  answer=$("$PYTHON" - "${REWARD_URL%/get_reward}/health" "$ESTIMATOR" "${AUTH_TOKEN_ENV:-}" <<'PY'
+  answer=$("$PYTHON" - "${REWARD_URL%/get_reward}/health" "$ESTIMATOR" "${AUTH_TOKEN_ENV:-}" "$REWARD_AGGREGATION" <<'PY'
 
 import json, os, sys, urllib.error, urllib.request
-url, estimator, token_env = sys.argv[1:]
+url, estimator, token_env, aggregation = sys.argv[1:]
 def fail(reason, status=1):  # 3: nothing answered; 1: it answered, but cannot serve this run
     print(reason)
     sys.exit(status)
@@ -118,22 +120,28 @@ except urllib.error.HTTPError as e:  # it answered: 503 when its backends are do
     except ValueError:
         fail(f"GET {url}: HTTP {e.code}")
 except Exception as e:
-    fail(f"GET {url}: {getattr(e, 'reason', e)}", 3)
+    fail(f"GET {url}: {getattr(e, 'reason', e)}; start it with recipes/serve_prm.sh, or set REWARD_URL", 3)
 policy = health.get("failure_policy")
 if health.get("status") != "ok":
-    fail(f"status {health.get('status')}, backends {health.get('backends')}")
+    fail(f"status {health.get('status')}, backends {health.get('backends')}; check its PRM backends (its log)")
 if estimator != "cdpa" and policy == "drop":
     fail("it runs --failure-policy drop, which only cdra-train honours (OpenRLHF's " + estimator
          + " would normalise the dropped samples' 0.0 into the advantages): restart it with FAILURE_POLICY=fail")
-print(f"ok, model {health.get('model')}, failure policy {policy}")
+served = health.get("reward_aggregation")
+if aggregation and served != aggregation:
+    why = " (R_dense = the sum of the step scores, the paper's GRPO (with PRM) reward)" if aggregation == "sum" else ""
+    instead = f", or set REWARD_AGGREGATION={served} to train on its reward" if served else ""
+    fail(f"its reward aggregation is {served or 'not reported'}, not REWARD_AGGREGATION={aggregation}{why}: "
+         f"restart it with REWARD_AGGREGATION={aggregation} bash recipes/serve_prm.sh{instead}")
+print(f"ok, model {health.get('model')}, failure policy {policy}, reward aggregation {served}")
 PY
   ) || status=$?
   if ((status == 0)); then
     note "PRM gateway at $REWARD_URL: $answer"
   elif ((status == 3)) && [[ $DRY_RUN == 1 ]]; then
-    note "warning: no PRM gateway answers at $REWARD_URL ($answer): DRY_RUN=1 goes on; start it (recipes/serve_prm.sh) before the real run"
+    note "warning: no PRM gateway answers at $REWARD_URL ($answer): DRY_RUN=1 goes on"
   else
-    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' failed}; start it with recipes/serve_prm.sh, or set REWARD_URL"
+    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' failed}"
   fi
 }
 

@@ -2,10 +2,14 @@
 stand-in as vLLM: test_prm_cli.py)."""
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from cdra_plugin.cli import build_parser
+from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "serve_prm.sh"
 
@@ -30,6 +34,8 @@ def run(**env) -> subprocess.CompletedProcess:
         ({"MAX_STEPS": "0"}, "MAX_STEPS=0: expected a whole number >= 1"),
         ({"DRY_RUN": "true"}, "DRY_RUN=true: expected one of: 0 1"),
         ({"GPU_CHECK": "off"}, "GPU_CHECK=off: expected one of: 0 1"),
+        ({"REWARD_AGGREGATION": "total"}, f"REWARD_AGGREGATION=total: expected one of: {' '.join(REWARD_AGGREGATIONS)}"),
+        ({"LOG_DIR": "/dev/null"}, "LOG_DIR=/dev/null exists and is not a folder"),
     ],
 )
 def test_every_value_is_checked(env, message):
@@ -43,3 +49,25 @@ def test_a_dry_run_says_it_skips_the_gpu_check():
     out = run(GPUS="0,3")
     assert out.returncode == 0 and out.stdout.startswith("CUDA_VISIBLE_DEVICES=0 ")
     assert "serve_prm.sh: DRY_RUN=1: not checking for 4 GPU(s) (GPUS=0,3)" in out.stderr
+
+
+def gateway_args(out: subprocess.CompletedProcess):
+    """The dry run's gateway command (its last line), parsed by cdra's own parser."""
+    assert out.returncode == 0, out.stderr
+    command = shlex.split(out.stdout.splitlines()[-1])
+    assert command[:3] == ["cdra", "prm", "serve"]
+    return build_parser().parse_args(command[1:])
+
+
+@pytest.mark.parametrize("aggregation", REWARD_AGGREGATIONS)
+def test_reward_aggregation_reaches_the_gateway(aggregation):
+    assert gateway_args(run(REWARD_AGGREGATION=aggregation)).reward_aggregation == aggregation
+
+
+def test_an_empty_reward_aggregation_leaves_the_gateway_default_and_help_lists_the_choices(capsys):
+    out = run()
+    assert "--reward-aggregation" not in out.stdout
+    assert gateway_args(out).reward_aggregation == DEFAULT_REWARD_AGGREGATION
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prm", "serve", "--help"])
+    assert f"--reward-aggregation {{{','.join(REWARD_AGGREGATIONS)}}}" in capsys.readouterr().out

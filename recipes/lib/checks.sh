@@ -28,11 +28,44 @@ need_int() {  # VAR MIN [MAX]: a whole number in [MIN, MAX]
   printf -v "$var" '%d' "$value"  # plain decimal from here on, for the recipe's arithmetic
 }
 
-need_number() {  # VAR CONDITION DESCRIPTION: a decimal number x (1e-6, 0.5, 3) for which the awk CONDITION holds
+need_number() {  # VAR CONDITION DESCRIPTION: a decimal number x (1e-6, 0.5, -3) for which the awk CONDITION holds
   local var=$1 condition=$2 description=$3
-  [[ ${!var} =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
+  [[ ${!var} =~ ^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
     awk -v x="${!var}" "BEGIN { x += 0; exit !($condition) }" ||
     die "$var=${!var}: expected a number $description"
+}
+
+need_choices() {  # VAR CHOICE...: a comma-separated list of one or more CHOICEs
+  local var=$1 item items
+  shift
+  [[ ${!var} =~ ^[^,]+(,[^,]+)*$ ]] || die "$var=${!var}: expected a comma-separated list of: $*"
+  IFS=, read -r -a items <<<"${!var}"
+  for item in "${items[@]}"; do
+    [[ " $* " == *" $item "* ]] || die "$var=${!var}: '$item' is not one of: $*"
+  done
+}
+
+need_urls() {  # VAR WHAT: one or more comma-separated http(s) base URLs of WHAT
+  local var=$1 what=$2 url urls
+  [[ ${!var} =~ ^[^,]+(,[^,]+)*$ ]] ||
+    die "$var=${!var}: expected the OpenAI-compatible base URL(s) of $what, comma-separated, such as http://127.0.0.1:8000/v1"
+  IFS=, read -r -a urls <<<"${!var}"
+  for url in "${urls[@]}"; do
+    [[ $url =~ ^https?://[^/[:space:]]+(/[^[:space:]]*)?$ ]] ||
+      die "$var=${!var}: '$url' is not an http(s) URL (the OpenAI-compatible base URL of $what)"
+  done
+}
+
+need_gpu_ids() {  # VAR: comma-separated GPU ids such as 0,1,2,3
+  [[ ${!1} =~ ^[0-9]+(,[0-9]+)*$ ]] || die "$1=${!1}: expected comma-separated GPU ids such as 0,1,2,3"
+}
+
+need_command() {  # VAR: the first word of the command VAR names is on PATH
+  local words
+  read -r -a words <<<"${!1}"
+  [[ -n ${words[0]:-} ]] || die "$1 is empty: the command to run"
+  command -v "${words[0]}" >/dev/null ||
+    die "'${words[0]}' is not on PATH ($1): activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
 }
 
 need_env_var_name() {  # VAR: empty, or the name of a set, non-empty environment variable (holding a secret)
@@ -42,12 +75,15 @@ need_env_var_name() {  # VAR: empty, or the name of a set, non-empty environment
   [[ -n ${!holder:-} ]] || die "$var=$holder names an unset or empty variable: export $holder first"
 }
 
+looks_local() {  # PATH: a path, never to be taken for a Hugging Face hub id ("name" or "org/name")
+  # Absolute, ./ ../ ~ paths, anything that exists, the recipes' own checkpoints/ and paths with two slashes.
+  [[ $1 == /* || $1 == .* || $1 == '~'* || $1 == checkpoints/* || $1 == */*/* || -e $1 ]]
+}
+
 check_model() {  # VAR HOW: a local checkpoint folder with config.json, or a Hugging Face hub id
   local var=$1 how=$2 value=${!1}
   [[ -n $value ]] || die "$var is empty: $how"
-  # What looks local is local (never silently taken for a hub id): absolute, ./ ../ ~ paths, anything that
-  # exists, the recipes' own checkpoints/ and paths with two or more slashes. Hub ids are "name" or "org/name".
-  if [[ $value == /* || $value == .* || $value == '~'* || $value == checkpoints/* || $value == */*/* || -e $value ]]; then
+  if looks_local "$value"; then  # what looks local is local: never silently taken for a hub id
     [[ -d $value ]] || die "$var=$value: no such folder; $how"
     [[ -f $value/config.json ]] || die "$var=$value has no config.json: $how"
   elif [[ $value =~ ^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$ ]]; then
@@ -112,4 +148,11 @@ if have < want:
     fail(f"{found} sees {have} usable GPU(s)" + (f" with CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""))
 PY
   ) || die "needs $want CUDA GPU(s) ($what): ${reason:-'$PYTHON' failed}; DRY_RUN=1 checks the inputs without GPUs"
+}
+
+check_gpu_ids() {  # VAR: every GPU id in VAR exists (physical ids: a server gets CUDA_VISIBLE_DEVICES=<its ids>)
+  local id ids highest=0
+  IFS=, read -r -a ids <<<"${!1}"
+  for id in "${ids[@]}"; do ((10#$id < highest)) || highest=$((10#$id)); done
+  check_gpus $((highest + 1)) "$1=${!1}" physical
 }
