@@ -11,7 +11,8 @@
 #
 # then: cdra data prepare --input $OUTPUT --output data/deeppref
 # API keys are never written here: *_KEY_ENV name the environment variables that hold them (empty: no key, as for
-# a local vLLM). Every value below is an environment variable with a default.
+# a local vLLM). Every value below is an environment variable with a default; all are checked before anything is
+# called (DRY_RUN=1 then prints the command); `cdra build` probes the two servers before its first scenario.
 set -euo pipefail
 
 # --- data
@@ -42,46 +43,54 @@ EVALUATOR_CONCURRENCY=${EVALUATOR_CONCURRENCY:-64} # calls in flight per evaluat
 TIMEOUT=${TIMEOUT:-120}
 RETRIES=${RETRIES:-3}
 EXTRA_ARGS=${EXTRA_ARGS:-}
-CDRA=${CDRA:-cdra}
+CDRA=${CDRA:-cdra}                                 # the cdra command (words are split: "python -m ..." works)
 DRY_RUN=${DRY_RUN:-0}
 
 RECIPE=$(basename "$0")
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
+# shellcheck source=lib/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
+
+check_personas() {  # empty (the paper's five), names among them ("Contrarian" or "The Contrarian"), or a JSON file
+  local name names known="sociologist psychologist pragmatist pedagogue contrarian"
+  if [[ $PERSONAS == *.json ]] || looks_local "$PERSONAS"; then
+    [[ -f $PERSONAS ]] || die "PERSONAS=$PERSONAS not found: a JSON file of [{\"name\", \"description\"}], or names such as Sociologist,Contrarian"
+    return 0
+  fi
+  IFS=, read -r -a names <<<"$PERSONAS"
+  for name in "${names[@]}"; do
+    read -r name <<<"${name,,}"  # trimmed, lower case
+    [[ " $known " == *" ${name#the } "* ]] || die "PERSONAS=$PERSONAS: '$name' is not one of: $known (or a JSON file of personas)"
+  done
 }
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 check_inputs() {
+  need_choice DRY_RUN 0 1
+  [[ -n $INPUT ]] || die "INPUT is empty: a PrefEval JSON file or folder, or JSONL rows {preference, question, topic?}"
   [[ -e $INPUT ]] || die "INPUT=$INPUT not found: a PrefEval JSON file or folder, or JSONL rows {preference, question, topic?}"
-  [[ ! -e $OUTPUT || -d $OUTPUT ]] || die "OUTPUT=$OUTPUT exists and is not a directory"
-  local role urls model key url var
-  for role in GENERATOR EVALUATOR; do
-    urls="${role}_URL" model="${role}_MODEL" key="${role}_KEY_ENV"
-    IFS=, read -r -a URL_LIST <<<"${!urls}"
-    ((${#URL_LIST[@]} >= 1)) || die "$urls is empty: the OpenAI-compatible base URL(s) of the $role"
-    for url in "${URL_LIST[@]}"; do
-      [[ $url =~ ^https?://[^/]+ ]] || die "$urls=${!urls}: '$url' is not an http(s) URL"
-    done
-    [[ -n ${!model} ]] || die "$model is empty: the model name the server serves"
-    var=${!key}
-    [[ -z $var || -n ${!var:-} ]] || die "$key=$var names an unset or empty variable (set it, or $key= for no key)"
-  done
-  local name
-  for name in BRANCH DEPTH KEEP_TOP GENERATOR_CONCURRENCY EVALUATOR_CONCURRENCY RETRIES; do
-    is_uint "${!name}" || die "$name=${!name}: expected a non-negative integer"
-  done
-  ((BRANCH >= 1 && DEPTH >= 1)) || die "BRANCH and DEPTH must be >= 1"
-  [[ -z $PARALLEL ]] || { is_uint "$PARALLEL" && ((PARALLEL >= 1)); } || die "PARALLEL=$PARALLEL: expected a positive integer"
-  [[ -z $LIMIT ]] || is_uint "$LIMIT" || die "LIMIT=$LIMIT: expected a non-negative integer"
-  [[ $PRUNE_BELOW == off || $PRUNE_BELOW =~ ^-?[0-9]*\.?[0-9]+$ ]] || die "PRUNE_BELOW=$PRUNE_BELOW: a number in [-1, 1] or off"
-  [[ $SEED == none ]] || is_uint "$SEED" || die "SEED=$SEED: a non-negative integer or none"
-  [[ $PERSONAS != *.json || -f $PERSONAS ]] || die "PERSONAS=$PERSONAS not found"
+  [[ -n $OUTPUT && (! -e $OUTPUT || -d $OUTPUT) ]] || die "OUTPUT=$OUTPUT: expected a folder for the trees"
+  [[ -z $LIMIT ]] || need_int LIMIT 1
+  need_urls GENERATOR_URL "the generator"
+  need_env_var_name GENERATOR_KEY_ENV
+  need_urls EVALUATOR_URL "the evaluator"
+  need_env_var_name EVALUATOR_KEY_ENV
+  need_int GENERATOR_CONCURRENCY 1
+  need_int EVALUATOR_CONCURRENCY 1
+  [[ -z $PARALLEL ]] || need_int PARALLEL 1
+  need_number TIMEOUT "x > 0" "> 0 (seconds per call)"
+  need_int RETRIES 0
+  check_personas
+  need_int BRANCH 1
+  need_int DEPTH 1
+  [[ $PRUNE_BELOW == off ]] || need_number PRUNE_BELOW "x >= -1 && x <= 1" "in [-1, 1], or off"
+  need_int KEEP_TOP 0
+  [[ $SEED == none ]] || need_int SEED 0
 }
 
 build_command() {
-  read -r -a EXTRA <<<"$EXTRA_ARGS"
-  CMD=("$CDRA" build --input "$INPUT" --output "$OUTPUT"
+  local cdra extra
+  read -r -a cdra <<<"$CDRA"
+  read -r -a extra <<<"$EXTRA_ARGS"
+  CMD=("${cdra[@]}" build --input "$INPUT" --output "$OUTPUT"
     --generator "$GENERATOR_URL" --generator-model "$GENERATOR_MODEL" --generator-concurrency "$GENERATOR_CONCURRENCY"
     --evaluator "$EVALUATOR_URL" --evaluator-model "$EVALUATOR_MODEL" --evaluator-concurrency "$EVALUATOR_CONCURRENCY"
     --branch "$BRANCH" --depth "$DEPTH" --prune-below "$PRUNE_BELOW" --keep-top "$KEEP_TOP" --seed "$SEED"
@@ -91,16 +100,17 @@ build_command() {
   [[ -z $EVALUATOR_KEY_ENV ]] || CMD+=(--evaluator-api-key-env "$EVALUATOR_KEY_ENV")
   [[ -z $PERSONAS ]] || CMD+=(--personas "$PERSONAS")
   [[ -z $LIMIT ]] || CMD+=(--limit "$LIMIT")
-  CMD+=("${EXTRA[@]}")
+  CMD+=("${extra[@]}")
 }
 
 check_inputs
 build_command
 if [[ $DRY_RUN == 1 ]]; then
+  note "DRY_RUN=1: every value and input checked; cdra and the model servers are not (cdra build probes them). The command:"
   printf '%q ' "${CMD[@]}"
   echo
   exit 0
 fi
-command -v "$CDRA" >/dev/null || die "'$CDRA' is not on PATH (CDRA): activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
+need_command CDRA
 "${CMD[@]}"
 echo "$RECIPE: next: $CDRA data prepare --input $OUTPUT --output data/deeppref"

@@ -10,13 +10,16 @@
 #     JUDGE_API_KEY_ENV=DEEPSEEK_API_KEY bash recipes/eval.sh      # every checkpoint train_cdpa.sh saved
 #   CHECKPOINT=checkpoints/policy-rft JUDGE_URL=... JUDGE_MODEL=... bash recipes/eval.sh      # one checkpoint
 #   MODE=cot CHECKPOINT=Qwen/Qwen2.5-7B-Instruct ... bash recipes/eval.sh                      # a baseline
+#   MODE=few-shot SHOTS=data/deeppref/rft.jsonl CHECKPOINT=Qwen/Qwen2.5-7B-Instruct ... bash recipes/eval.sh
 #   DRY_RUN=1 CHECKPOINT=... JUDGE_URL=... JUDGE_MODEL=... bash recipes/eval.sh                # check, print commands
 #
 # CHECKPOINT: a Hugging Face checkpoint (a folder with config.json, or a hub id), or the SAVE_PATH of
 # recipes/train_cdpa.sh, whose ckpt/global_step<N>_hf folders (--ckpt.save_hf) and final model are evaluated in step
 # order. Each checkpoint's responses and judgments go to OUT_DIR/<name>/; a rerun resumes (a checkpoint whose
 # responses are complete is not served again). OUT_DIR/report holds report.md/.json/.csv, radar.png and errors.png;
-# OUT_DIR/best_checkpoint.txt names the best checkpoint. Every value below is an environment variable.
+# OUT_DIR/best_checkpoint.txt names the best checkpoint. Every value below is an environment variable. Before
+# launching it checks every value and input, the commands, the port and that torch sees the GPUs in GPUS (GPU_CHECK=0
+# skips that one, for a CPU build of vLLM or a stand-in given as VLLM); DRY_RUN=1 checks all but the last three.
 set -euo pipefail
 
 # --- what to evaluate
@@ -62,85 +65,89 @@ PYTHON=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 
 RECIPE=$(basename "$0")
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
-}
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+# shellcheck source=lib/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
+# shellcheck source=lib/servers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/servers.sh"
 
 find_checkpoints() {  # CKPTS (paths or a hub id) and NAMES, in step order
+  local dir found=()
+  for dir in "$CHECKPOINT"/ckpt/*_hf "$CHECKPOINT"/*_hf; do  # train_cdpa.sh's --ckpt.save_hf folders
+    if [[ -f $dir/config.json ]]; then found+=("$dir"); fi
+  done
   CKPTS=()
   NAMES=()
-  if [[ -d $CHECKPOINT ]]; then
-    local dir found=()
-    for dir in "$CHECKPOINT"/ckpt/*_hf "$CHECKPOINT"/*_hf; do  # train_cdpa.sh's --ckpt.save_hf folders
-      if [[ -f $dir/config.json ]]; then found+=("$dir"); fi
-    done
-    if ((${#found[@]})); then
-      mapfile -t CKPTS < <(printf '%s\n' "${found[@]}" | sort -V)
-      for dir in "${CKPTS[@]}"; do NAMES+=("$(basename "${dir%_hf}")"); done
-      if [[ -f $CHECKPOINT/config.json ]]; then  # the final model, saved after the last step
-        CKPTS+=("$CHECKPOINT")
-        NAMES+=(final)
-      fi
-    elif [[ -f $CHECKPOINT/config.json ]]; then
-      CKPTS=("$CHECKPOINT")
-      NAMES=("$(basename "$(realpath "$CHECKPOINT")")")
-    else
-      die "CHECKPOINT=$CHECKPOINT has neither config.json nor ckpt/*_hf checkpoints: point it at a checkpoint, or at the SAVE_PATH of recipes/train_cdpa.sh"
+  if ((${#found[@]})); then
+    mapfile -t CKPTS < <(printf '%s\n' "${found[@]}" | sort -V)
+    for dir in "${CKPTS[@]}"; do NAMES+=("$(basename "${dir%_hf}")"); done
+    if [[ -f $CHECKPOINT/config.json ]]; then  # the final model, saved after the last step
+      CKPTS+=("$CHECKPOINT")
+      NAMES+=(final)
     fi
-  elif [[ $CHECKPOINT == /* || $CHECKPOINT == .* || $CHECKPOINT == checkpoints/* ]]; then
-    die "CHECKPOINT=$CHECKPOINT not found"
   else
-    CKPTS=("$CHECKPOINT")  # a hub id such as Qwen/Qwen2.5-7B-Instruct
-    NAMES=("$(basename "$CHECKPOINT")")
+    check_model CHECKPOINT "point it at a checkpoint folder, a hub id, or the SAVE_PATH of recipes/train_cdpa.sh (with ckpt/*_hf checkpoints)"
+    CKPTS=("$CHECKPOINT")
+    NAMES=("$(basename "$(realpath -m "$CHECKPOINT")")")
   fi
   [[ $(printf '%s\n' "${NAMES[@]}" | sort | uniq -d) == "" ]] || die "CHECKPOINT=$CHECKPOINT: two checkpoints are named alike (${NAMES[*]})"
 }
 
-check_inputs() {
-  [[ -n $CHECKPOINT ]] || die "CHECKPOINT is empty: set it to a checkpoint, or to the SAVE_PATH of recipes/train_cdpa.sh"
-  [[ -f $DATA ]] || die "DATA=$DATA not found: run 'cdra data prepare --input <DeepPref files> --output $(dirname "$DATA")' (or --prefeval) first"
+check_pairs() {  # VAR HOW: a JSONL file whose first row has "preference" (and "question") or a "label" holding them
+  check_jsonl "$1" "$2"
   local first
-  first=$(head -n 1 "$DATA")
-  [[ $first == *'"preference"'* || $first == *'"label":'* ]] ||
-    die "DATA=$DATA: first row has neither \"preference\" nor \"label\"; use eval.jsonl from 'cdra data prepare'"
-  [[ $MODE =~ ^(policy|zero-shot|few-shot|cot)$ ]] || die "MODE=$MODE: expected policy, zero-shot, few-shot or cot"
+  first=$(head -n 1 "${!1}")
+  [[ $first == *'"preference":'* || $first == *'"label":'* ]] ||
+    die "${!1}: first row has neither \"preference\" nor \"label\" ($1); $2"
+}
+
+check_inputs() {
+  need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
+  [[ -n $CHECKPOINT ]] || die "CHECKPOINT is empty: set it to a checkpoint, or to the SAVE_PATH of recipes/train_cdpa.sh"
+  check_pairs DATA "$(prepare_hint DATA eval.jsonl)"
+  [[ ! -e $OUT_DIR || -d $OUT_DIR ]] || die "OUT_DIR=$OUT_DIR exists and is not a folder"
+  need_choice MODE policy zero-shot few-shot cot
   if [[ $MODE == few-shot ]]; then
-    [[ -f $SHOTS ]] || die "MODE=few-shot needs SHOTS=<demonstrations JSONL> (preference, question, response per row)"
+    [[ -n $SHOTS ]] || die "MODE=few-shot needs SHOTS=<demonstrations JSONL>, such as the rft.jsonl of 'cdra data prepare'"
+    check_pairs SHOTS "demonstrations are rows with preference, question and response (rft.jsonl of 'cdra data prepare' fits)"
+    need_int K 1
   else
     [[ -z $SHOTS ]] || die "SHOTS is set but MODE=$MODE: demonstrations are for MODE=few-shot"
   fi
-  local name
-  for name in N_SAMPLES MAX_TOKENS K SEED GEN_CONCURRENCY JUDGE_CONCURRENCY BOOTSTRAP VLLM_PORT MAX_MODEL_LEN HEALTH_TIMEOUT; do
-    is_uint "${!name}" || die "$name=${!name}: expected a non-negative integer"
-  done
-  [[ -z $LIMIT ]] || is_uint "$LIMIT" || die "LIMIT=$LIMIT: expected a positive integer"
-  ((N_SAMPLES >= 1)) || die "N_SAMPLES=$N_SAMPLES: expected at least 1"
-  if ((N_SAMPLES > 1)) && [[ $TEMPERATURE =~ ^0*\.?0*$ ]]; then
+  need_int N_SAMPLES 1
+  need_number TEMPERATURE "x >= 0" ">= 0"
+  if ((N_SAMPLES > 1)) && awk -v x="$TEMPERATURE" 'BEGIN { exit !(x + 0 == 0) }'; then
     die "N_SAMPLES=$N_SAMPLES with TEMPERATURE=$TEMPERATURE samples identical responses: set TEMPERATURE > 0"
   fi
-  [[ $JUDGE_URL == http://* || $JUDGE_URL == https://* ]] || die "JUDGE_URL=$JUDGE_URL: expected the judge's OpenAI-compatible base URL, e.g. https://api.deepseek.com/v1"
+  need_int MAX_TOKENS 1
+  [[ -z $LIMIT ]] || need_int LIMIT 1
+  need_int SEED 0
+  need_int GEN_CONCURRENCY 1
+  need_urls JUDGE_URL "the judge (such as https://api.deepseek.com/v1)"
   [[ -n $JUDGE_MODEL ]] || die "JUDGE_MODEL is empty: the judge's model name (the paper used DeepSeek-V3.2-Exp)"
-  [[ -z $JUDGE_API_KEY_ENV || -n ${!JUDGE_API_KEY_ENV:-} ]] || die "JUDGE_API_KEY_ENV=$JUDGE_API_KEY_ENV names an unset or empty variable"
-  [[ -z $PROMPT_DIR || -d $PROMPT_DIR ]] || die "PROMPT_DIR=$PROMPT_DIR is not a directory"
-  [[ $JUDGE_INPUT =~ ^(full|final)$ ]] || die "JUDGE_INPUT=$JUDGE_INPUT: expected full or final"
-  [[ $SELECT_BY =~ ^(acc_pf|acc_da|acc_mis|m_th|m_dm|m_ie|e_puv|e_hp|e_ir|e_ur)$ ]] ||
-    die "SELECT_BY=$SELECT_BY: expected acc_pf, acc_da, acc_mis, m_th, m_dm, m_ie, e_puv, e_hp, e_ir or e_ur"
-  [[ $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "GPUS=$GPUS: expected comma-separated GPU ids such as 0,1"
-  ((VLLM_PORT <= 65535)) || die "VLLM_PORT=$VLLM_PORT out of range"
+  need_env_var_name JUDGE_API_KEY_ENV
+  need_int JUDGE_CONCURRENCY 1
+  [[ -z $CHECKS ]] || need_choices CHECKS acknowledge violation hallucination helpful deep_mining innovative_expansion \
+    thoughtfulness misleading
+  [[ -z $PROMPT_DIR || -d $PROMPT_DIR ]] || die "PROMPT_DIR=$PROMPT_DIR is not a folder (of judge prompt files)"
+  need_choice JUDGE_INPUT full final
+  need_choice SELECT_BY acc_pf acc_da acc_mis m_th m_dm m_ie e_puv e_hp e_ir e_ur
+  need_int BOOTSTRAP 0
   local run
   for run in $BASELINES; do
     [[ $run == ?*=?* && -f ${run#*=} ]] || die "BASELINES: '$run' is not NAME=<judgments file that exists>"
   done
+  need_gpu_ids GPUS
+  need_int VLLM_PORT 1 65535
+  check_vllm_values
+  [[ ! -e $LOG_DIR || -d $LOG_DIR ]] || die "LOG_DIR=$LOG_DIR exists and is not a folder"
   find_checkpoints
 }
 
 build_commands() {  # per checkpoint i: SERVE_CMDS[i], GEN_CMDS[i], JUDGE_CMDS[i]; then REPORT_CMD
-  read -r -a VLLM_WORDS <<<"$VLLM"
-  read -r -a CDRA_WORDS <<<"$CDRA"
-  read -r -a VLLM_EXTRA <<<"$VLLM_EXTRA_ARGS"
-  IFS=, read -r -a GPU_LIST <<<"$GPUS"
+  local cdra gpus baselines
+  read -r -a cdra <<<"$CDRA"
+  IFS=, read -r -a gpus <<<"$GPUS"
   BACKEND="http://$VLLM_HOST:$VLLM_PORT/v1"
   local gen_args=(--data "$DATA" --backend "$BACKEND" --mode "$MODE" --n "$N_SAMPLES" --temperature "$TEMPERATURE"
     --max-tokens "$MAX_TOKENS" --seed "$SEED" --concurrency "$GEN_CONCURRENCY")
@@ -158,59 +165,35 @@ build_commands() {  # per checkpoint i: SERVE_CMDS[i], GEN_CMDS[i], JUDGE_CMDS[i
   local i dir
   for i in "${!CKPTS[@]}"; do
     dir=$OUT_DIR/${NAMES[i]}
-    SERVE_CMDS+=("$(printf '%q ' "${VLLM_WORDS[@]}" serve "${CKPTS[i]}" --served-model-name "${NAMES[i]}" \
-      --host "$VLLM_HOST" --port "$VLLM_PORT" --tensor-parallel-size "${#GPU_LIST[@]}" \
-      --gpu-memory-utilization "$GPU_MEMORY_UTILIZATION" --max-model-len "$MAX_MODEL_LEN" "${VLLM_EXTRA[@]}")")
-    GEN_CMDS+=("$(printf '%q ' "${CDRA_WORDS[@]}" eval generate "${gen_args[@]}" --model "${NAMES[i]}" \
+    SERVE_CMDS+=("$(vllm_command "${CKPTS[i]}" "${NAMES[i]}" "$VLLM_PORT" "${#gpus[@]}")")
+    GEN_CMDS+=("$(printf '%q ' "${cdra[@]}" eval generate "${gen_args[@]}" --model "${NAMES[i]}" \
       --output "$dir/responses.jsonl")")
-    JUDGE_CMDS+=("$(printf '%q ' "${CDRA_WORDS[@]}" eval judge "${judge_args[@]}" --responses "$dir/responses.jsonl" \
+    JUDGE_CMDS+=("$(printf '%q ' "${cdra[@]}" eval judge "${judge_args[@]}" --responses "$dir/responses.jsonl" \
       --output "$dir/judgments.jsonl")")
     RUNS+=("${NAMES[i]}=$dir/judgments.jsonl")
   done
-  read -r -a BASELINE_RUNS <<<"$BASELINES"
-  REPORT_CMD=("${CDRA_WORDS[@]}" eval report --runs "${BASELINE_RUNS[@]}" "${RUNS[@]}" --output "$OUT_DIR/report"
+  read -r -a baselines <<<"$BASELINES"
+  REPORT_CMD=("${cdra[@]}" eval report --runs "${baselines[@]}" "${RUNS[@]}" --output "$OUT_DIR/report"
     --bootstrap "$BOOTSTRAP" --seed "$SEED" --select-by "$SELECT_BY")
-}
-
-SERVER_PID=""
-JUDGE_PIDS=()
-cleanup() {
-  local pid
-  for pid in $SERVER_PID "${JUDGE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-
-port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-wait_healthy() {  # URL PID LOG: poll until URL answers 200, the process dies, or the timeout
-  local url=$1 pid=$2 log=$3 deadline=$((SECONDS + HEALTH_TIMEOUT))
-  until "$PYTHON" -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=5).status != 200)' "$url" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$log" >&2 || true
-      die "the server for $url exited; its log: $log"
-    fi
-    ((SECONDS < deadline)) || die "$url not healthy after $HEALTH_TIMEOUT s (HEALTH_TIMEOUT); see $log"
-    sleep 0.5
-  done
 }
 
 generate() {  # I: serve checkpoint I, generate its responses, stop the server
   local i=$1 log="$LOG_DIR/vllm_${NAMES[i]}.log"
-  ! port_busy "$VLLM_HOST" "$VLLM_PORT" || die "port $VLLM_PORT on $VLLM_HOST is in use (VLLM_PORT)"
+  need_free_port "$VLLM_HOST" "$VLLM_PORT" VLLM_PORT
   echo "$RECIPE: [${NAMES[i]}] serving ${CKPTS[i]} on GPU(s) $GPUS (log $log)"
   CUDA_VISIBLE_DEVICES=$GPUS bash -c "exec ${SERVE_CMDS[i]}" >"$log" 2>&1 &
-  SERVER_PID=$!
-  wait_healthy "$BACKEND/models" "$SERVER_PID" "$log"
+  STARTED+=($!)
+  wait_healthy "$BACKEND/models" "${STARTED[-1]}" "$log"
   echo "$RECIPE: [${NAMES[i]}] generating"
   bash -c "${GEN_CMDS[i]}" || die "generation for ${NAMES[i]} failed (above); rerun to resume"
-  kill "$SERVER_PID"
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
+  stop_one "${STARTED[-1]}"
 }
 
 check_inputs
 build_commands
 if [[ $DRY_RUN == 1 ]]; then
+  check_gpu_ids GPUS
+  note "DRY_RUN=1: every value and input checked; vllm, cdra, the port and the GPUs are not. The commands:"
   for i in "${!CKPTS[@]}"; do
     echo "CUDA_VISIBLE_DEVICES=$GPUS ${SERVE_CMDS[i]}"
     echo "${GEN_CMDS[i]}"
@@ -220,12 +203,13 @@ if [[ $DRY_RUN == 1 ]]; then
   echo
   exit 0
 fi
-command -v "${VLLM_WORDS[0]}" >/dev/null || die "'${VLLM_WORDS[0]}' is not on PATH (VLLM): activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
-command -v "${CDRA_WORDS[0]}" >/dev/null || die "'${CDRA_WORDS[0]}' is not on PATH (CDRA): pip install -e . in the environment"
+need_command VLLM
+need_command CDRA
+check_gpu_ids GPUS
 
 mkdir -p "$LOG_DIR"
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_on_exit
+JUDGES=()
 for i in "${!CKPTS[@]}"; do
   dir=$OUT_DIR/${NAMES[i]}
   mkdir -p "$dir"
@@ -240,16 +224,17 @@ for i in "${!CKPTS[@]}"; do
   fi
   echo "$RECIPE: [${NAMES[i]}] judging in the background (log $LOG_DIR/judge_${NAMES[i]}.log)"
   bash -c "${JUDGE_CMDS[i]}" >"$LOG_DIR/judge_${NAMES[i]}.log" 2>&1 &
-  JUDGE_PIDS+=($!)
+  STARTED+=($!)
+  JUDGES+=($!)
 done
-for i in "${!JUDGE_PIDS[@]}"; do
-  if ! wait "${JUDGE_PIDS[i]}"; then
+for i in "${!JUDGES[@]}"; do
+  if ! wait "${JUDGES[i]}"; then
     tail -n 5 "$LOG_DIR/judge_${NAMES[i]}.log" >&2 || true
     die "judging ${NAMES[i]} failed; its log: $LOG_DIR/judge_${NAMES[i]}.log (rerun to resume)"
   fi
   tail -n 1 "$LOG_DIR/judge_${NAMES[i]}.log"
 done
-JUDGE_PIDS=()
+STARTED=()
 
 "${REPORT_CMD[@]}" | tee "$OUT_DIR/report.txt"
 best=$(sed -n 's/^best: \([^ ]*\) .*/\1/p' "$OUT_DIR/report.txt")

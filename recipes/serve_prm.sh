@@ -65,7 +65,7 @@ check_inputs() {
   need_int GATEWAY_PORT 1 65535
   need_int MAX_STEPS 1
   need_int CONCURRENCY 1
-  [[ -n $GATEWAY_HOST ]] || die "GATEWAY_HOST is empty: the address the gateway binds (127.0.0.1 keeps it here)"
+  need_host GATEWAY_HOST
   if ((GATEWAY_PORT >= VLLM_BASE_PORT && GATEWAY_PORT < VLLM_BASE_PORT + REPLICAS)); then
     die "GATEWAY_PORT=$GATEWAY_PORT collides with the replica ports $VLLM_BASE_PORT..$((VLLM_BASE_PORT + REPLICAS - 1))"
   fi

@@ -228,24 +228,55 @@ def test_command_line_errors_are_one_clear_line(council_server, tmp_path, capsys
     assert [tree[c]["persona"] for c in tree["0"]["children"]] == ["The Sociologist", "The Contrarian"]
 
 
-def test_recipe_checks_inputs_and_prints_a_command_cdra_accepts(tmp_path):
-    recipe = ROOT / "recipes" / "build_deeppref.sh"
-    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    proc = subprocess.run(["bash", str(recipe)], env={**base, "INPUT": str(tmp_path / "nope")}, capture_output=True,
-                          text=True)  # fmt: skip
-    assert proc.returncode == 2 and "INPUT=" in proc.stderr and "not found" in proc.stderr
-    env = {**base, "INPUT": str(pairs_file(tmp_path)), "GENERATOR_URL": "http://127.0.0.1:8000/v1",
-           "EVALUATOR_URL": "http://127.0.0.1:8001/v1", "EVALUATOR_KEY_ENV": "NOPE_KEY"}  # fmt: skip
-    proc = subprocess.run(["bash", str(recipe)], env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "EVALUATOR_KEY_ENV=NOPE_KEY names an unset" in proc.stderr
-    proc = subprocess.run(["bash", str(recipe)], env={**env, "EVALUATOR_KEY_ENV": "", "DRY_RUN": "1"},
-                          capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+def run_build_recipe(tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "INPUT": str(pairs_file(tmp_path)),
+            "GENERATOR_URL": "http://127.0.0.1:8000/v1", "EVALUATOR_URL": "http://127.0.0.1:8001/v1",
+            "EVALUATOR_KEY_ENV": "", "DRY_RUN": "1"}  # fmt: skip
+    return subprocess.run(["bash", str(ROOT / "recipes" / "build_deeppref.sh")], env={**base, **env},
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"INPUT": "nope"}, "INPUT=nope not found: a PrefEval JSON file or folder"),
+        ({"OUTPUT": "/dev/null"}, "OUTPUT=/dev/null: expected a folder for the trees"),
+        ({"LIMIT": "0"}, "LIMIT=0: expected a whole number >= 1"),
+        ({"GENERATOR_URL": "127.0.0.1:8000"}, "GENERATOR_URL=127.0.0.1:8000: '127.0.0.1:8000' is not an http(s) URL"),
+        ({"EVALUATOR_URL": "http://a/v1,"}, "EVALUATOR_URL=http://a/v1,: expected the OpenAI-compatible base URL(s)"),
+        ({"EVALUATOR_KEY_ENV": "NOPE_KEY"}, "EVALUATOR_KEY_ENV=NOPE_KEY names an unset or empty variable"),
+        ({"EVALUATOR_CONCURRENCY": "0"}, "EVALUATOR_CONCURRENCY=0: expected a whole number >= 1"),
+        ({"PARALLEL": "all"}, "PARALLEL=all: expected a whole number >= 1"),
+        ({"TIMEOUT": "0"}, "TIMEOUT=0: expected a number > 0"),
+        ({"RETRIES": "-1"}, "RETRIES=-1: expected a whole number >= 0"),
+        ({"PERSONAS": "mine.json"}, "PERSONAS=mine.json not found"),
+        ({"PERSONAS": "Sociologist,Economist"}, "PERSONAS=Sociologist,Economist: 'economist' is not one of"),
+        ({"BRANCH": "0"}, "BRANCH=0: expected a whole number >= 1"),
+        ({"DEPTH": "deep"}, "DEPTH=deep: expected a whole number >= 1"),
+        ({"PRUNE_BELOW": "1.5"}, "PRUNE_BELOW=1.5: expected a number in [-1, 1], or off"),
+        ({"KEEP_TOP": "-1"}, "KEEP_TOP=-1: expected a whole number >= 0"),
+        ({"SEED": "random"}, "SEED=random: expected a whole number >= 0"),
+        ({"DRY_RUN": "yes"}, "DRY_RUN=yes: expected one of: 0 1"),
+    ],
+)
+def test_recipe_checks_every_value(tmp_path, env, message):
+    proc = run_build_recipe(tmp_path, **env)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("build_deeppref.sh: error: ") and message in line, line
+
+
+def test_recipe_prints_a_command_cdra_accepts(tmp_path):
     import shlex
 
+    from cdra_plugin.build.prompts import PERSONAS
     from cdra_plugin.cli import build_parser
 
+    names = ", ".join([p.short.upper() for p in PERSONAS[:2]] + [p.name for p in PERSONAS[2:]])  # as cdra takes them
+    proc = run_build_recipe(tmp_path, PERSONAS=names, PRUNE_BELOW="-0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "DRY_RUN=1: every value and input checked; cdra and the model servers are not" in proc.stderr
     command = shlex.split(proc.stdout.strip().splitlines()[-1])
     assert command[:2] == ["cdra", "build"]
     args = build_parser().parse_args(command[1:])
-    assert (args.branch, args.depth, args.keep_top, args.prune_below) == (2, 4, 2, "0.4")
+    assert (args.branch, args.depth, args.keep_top, args.prune_below, args.personas) == (2, 4, 2, "-0.5", names)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cdra_plugin.eval.baselines import MODES
+from cdra_plugin.eval.metrics import METRICS
+from cdra_plugin.eval.prompts import CHECKS
 from cdra_plugin.testing import ScriptedLLM
 from cdra_plugin.testing.judge import scripted_judge
 
@@ -72,29 +75,82 @@ def test_dry_run_lists_checkpoints_in_step_order(tmp_path, setup):
     "change, message",
     [
         ({"CHECKPOINT": ""}, "CHECKPOINT is empty"),
-        ({"CHECKPOINT": "checkpoints/none"}, "CHECKPOINT=checkpoints/none not found"),
-        ({"DATA": "missing.jsonl"}, "DATA=missing.jsonl not found: run 'cdra data prepare"),
-        ({"JUDGE_URL": ""}, "JUDGE_URL=: expected the judge's OpenAI-compatible base URL"),
+        ({"CHECKPOINT": "checkpoints/none"}, "CHECKPOINT=checkpoints/none: no such folder"),  # never a hub id
+        ({"CHECKPOINT": "org/model name"}, "CHECKPOINT=org/model name is neither a local folder nor a hub id"),
+        ({"DATA": "missing.jsonl"}, "DATA=missing.jsonl not found: set DATA to an existing eval.jsonl ('cdra data"),
+        ({"OUT_DIR": "/dev/null"}, "OUT_DIR=/dev/null exists and is not a folder"),
+        ({"JUDGE_URL": ""}, "JUDGE_URL=: expected the OpenAI-compatible base URL(s) of the judge"),
+        ({"JUDGE_URL": "api.deepseek.com"}, "JUDGE_URL=api.deepseek.com: 'api.deepseek.com' is not an http(s) URL"),
         ({"JUDGE_MODEL": ""}, "JUDGE_MODEL is empty"),
         ({"JUDGE_API_KEY_ENV": "CDRA_TEST_UNSET_KEY"}, "names an unset or empty variable"),
-        ({"SELECT_BY": "accuracy"}, "SELECT_BY=accuracy: expected acc_pf"),
+        ({"SELECT_BY": "accuracy"}, "SELECT_BY=accuracy: expected one of: acc_pf"),
+        ({"MODE": "fewshot"}, "MODE=fewshot: expected one of: policy zero-shot few-shot cot"),
         ({"MODE": "few-shot"}, "MODE=few-shot needs SHOTS="),
+        ({"MODE": "few-shot", "SHOTS": "shots.jsonl"}, "SHOTS=shots.jsonl not found"),
+        ({"MODE": "few-shot", "SHOTS": "{data}", "K": "0"}, "K=0: expected a whole number >= 1"),
+        ({"SHOTS": "{data}"}, "SHOTS is set but MODE=policy"),
         ({"N_SAMPLES": "4"}, "N_SAMPLES=4 with TEMPERATURE=0 samples identical responses"),
+        ({"N_SAMPLES": "0"}, "N_SAMPLES=0: expected a whole number >= 1"),
+        ({"TEMPERATURE": "hot"}, "TEMPERATURE=hot: expected a number >= 0"),
+        ({"MAX_TOKENS": "2k"}, "MAX_TOKENS=2k: expected a whole number >= 1"),
+        ({"LIMIT": "0"}, "LIMIT=0: expected a whole number >= 1"),
+        ({"SEED": "-1"}, "SEED=-1: expected a whole number >= 0"),
+        ({"GEN_CONCURRENCY": "many"}, "GEN_CONCURRENCY=many: expected a whole number >= 1"),
+        ({"JUDGE_CONCURRENCY": "0"}, "JUDGE_CONCURRENCY=0: expected a whole number >= 1"),
+        ({"CHECKS": "helpful,,misleading"}, "CHECKS=helpful,,misleading: expected a comma-separated list of: "),
+        ({"PROMPT_DIR": "prompts"}, "PROMPT_DIR=prompts is not a folder"),
+        ({"JUDGE_INPUT": "last"}, "JUDGE_INPUT=last: expected one of: full final"),
+        ({"BOOTSTRAP": "-5"}, "BOOTSTRAP=-5: expected a whole number >= 0"),
         ({"BASELINES": "sft"}, "BASELINES: 'sft' is not NAME="),
-        ({"GPUS": "0;1"}, "GPUS=0;1"),
+        ({"GPUS": "0;1"}, "GPUS=0;1: expected comma-separated GPU ids"),
+        ({"VLLM_PORT": "70000"}, "VLLM_PORT=70000: expected a whole number >= 1 and <= 65535"),
+        ({"GPU_MEMORY_UTILIZATION": "90"}, "GPU_MEMORY_UTILIZATION=90: expected a number in (0, 1]"),
+        ({"MAX_MODEL_LEN": "8k"}, "MAX_MODEL_LEN=8k: expected a whole number >= 1"),
+        ({"HEALTH_TIMEOUT": "0"}, "HEALTH_TIMEOUT=0: expected a whole number >= 1"),
+        ({"VLLM_HOST": "http://127.0.0.1"}, "VLLM_HOST=http://127.0.0.1: expected a host name or IPv4 address"),
+        ({"DRY_RUN": "yes"}, "DRY_RUN=yes: expected one of: 0 1"),
+        ({"GPU_CHECK": "off"}, "GPU_CHECK=off: expected one of: 0 1"),
     ],
 )
-def test_inputs_are_checked_first(tmp_path, setup, change, message):
+def test_every_value_is_checked_first(tmp_path, setup, change, message):
     _, env = setup
-    out = run_recipe(tmp_path, DRY_RUN="1", **{**env, **change})
-    assert out.returncode == 2 and message in out.stderr, out.stderr
+    change = {k: v.format(data=env["DATA"]) for k, v in change.items()}
+    out = run_recipe(tmp_path, **{**env, "DRY_RUN": "1", **change})
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if "error" in line]
+    assert line.startswith("eval.sh: error: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    "name, choices", [("MODE", MODES), ("SELECT_BY", METRICS), ("CHECKS", CHECKS)], ids=["MODE", "SELECT_BY", "CHECKS"]
+)
+def test_the_recipes_choices_are_the_cli_choices(tmp_path, setup, name, choices):
+    _, env = setup
+    extra = {"few-shot": {"SHOTS": env["DATA"]}}
+    for choice in choices:
+        out = run_recipe(tmp_path, **{**env, "DRY_RUN": "1", name: choice, **extra.get(choice, {})})
+        assert out.returncode == 0, out.stderr
+    out = run_recipe(tmp_path, **{**env, "DRY_RUN": "1", name: "bogus"})
+    assert out.returncode == 2 and out.stderr.rstrip().endswith(" ".join(choices)), out.stderr
+
+
+def test_a_dry_run_says_what_it_did_not_check(tmp_path, setup):
+    _, env = setup
+    out = run_recipe(tmp_path, **{**env, "DRY_RUN": "1", "GPUS": "0,2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "eval.sh: DRY_RUN=1: not checking for 3 GPU(s) (GPUS=0,2)",
+        "eval.sh: DRY_RUN=1: every value and input checked; vllm, cdra, the port and the GPUs are not. The commands:",
+    ]
 
 
 def test_checkpoint_folder_without_checkpoints_is_refused(tmp_path, setup):
     _, env = setup
     (tmp_path / "empty").mkdir()
     out = run_recipe(tmp_path, DRY_RUN="1", **{**env, "CHECKPOINT": str(tmp_path / "empty")})
-    assert out.returncode == 2 and "has neither config.json nor ckpt/*_hf checkpoints" in out.stderr
+    assert out.returncode == 2
+    assert f"CHECKPOINT={tmp_path / 'empty'} has no config.json: point it at a checkpoint folder" in out.stderr
+    assert "or the SAVE_PATH of recipes/train_cdpa.sh (with ckpt/*_hf checkpoints)" in out.stderr
 
 
 def test_recipe_serves_generates_judges_reports_and_names_the_best(tmp_path, setup):
@@ -105,7 +161,8 @@ def test_recipe_serves_generates_judges_reports_and_names_the_best(tmp_path, set
         (save / "ckpt" / step).rmdir()
     with ScriptedLLM(scripted_judge(), model="judge") as judge:
         stand_ins = {"VLLM": f"{sys.executable} -m cdra_plugin.testing", "VLLM_EXTRA_ARGS": "--role policy",
-                     "CDRA": f"{sys.executable} -m cdra_plugin.cli", "PYTHON": sys.executable}  # fmt: skip
+                     "CDRA": f"{sys.executable} -m cdra_plugin.cli", "PYTHON": sys.executable,
+                     "GPU_CHECK": "0"}  # fmt: skip
         settings = {"JUDGE_URL": judge.base_url, "VLLM_PORT": str(free_port()), "N_SAMPLES": "2", "TEMPERATURE": "1",
                     "BOOTSTRAP": "0"}  # fmt: skip
         out = run_recipe(tmp_path, **{**env, **stand_ins, **settings})

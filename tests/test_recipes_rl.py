@@ -155,7 +155,8 @@ def test_the_grpo_baseline_needs_the_papers_summed_reward_unless_told_otherwise(
     with gateway("--reward-aggregation", "sum") as url:
         out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, **env)
         assert out.returncode == 0, out.stderr
-        assert f"PRM gateway at {url}: ok, model pers-genprm, failure policy fail, reward aggregation sum" in out.stderr
+        ok = f"PRM gateway at {url}: ok, model pers-genprm, failure policy fail, reward aggregation sum"
+        assert ok in out.stderr
 
 
 def test_a_dry_run_says_what_it_did_not_check(tmp_path, prompts):

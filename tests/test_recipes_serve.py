@@ -34,8 +34,9 @@ def run(**env) -> subprocess.CompletedProcess:
         ({"MAX_STEPS": "0"}, "MAX_STEPS=0: expected a whole number >= 1"),
         ({"DRY_RUN": "true"}, "DRY_RUN=true: expected one of: 0 1"),
         ({"GPU_CHECK": "off"}, "GPU_CHECK=off: expected one of: 0 1"),
-        ({"REWARD_AGGREGATION": "total"}, f"REWARD_AGGREGATION=total: expected one of: {' '.join(REWARD_AGGREGATIONS)}"),
+        ({"REWARD_AGGREGATION": "sums"}, "REWARD_AGGREGATION=sums: expected one of: " + " ".join(REWARD_AGGREGATIONS)),
         ({"LOG_DIR": "/dev/null"}, "LOG_DIR=/dev/null exists and is not a folder"),
+        ({"GATEWAY_HOST": "0.0.0.0:5000"}, "GATEWAY_HOST=0.0.0.0:5000: expected a host name or IPv4 address"),
     ],
 )
 def test_every_value_is_checked(env, message):

@@ -56,6 +56,11 @@ need_urls() {  # VAR WHAT: one or more comma-separated http(s) base URLs of WHAT
   done
 }
 
+need_host() {  # VAR: the address a server binds, a host name or IPv4 address (127.0.0.1 keeps it on this machine)
+  [[ ${!1} =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]] ||
+    die "$1=${!1}: expected a host name or IPv4 address such as 127.0.0.1 (no scheme, no port)"
+}
+
 need_gpu_ids() {  # VAR: comma-separated GPU ids such as 0,1,2,3
   [[ ${!1} =~ ^[0-9]+(,[0-9]+)*$ ]] || die "$1=${!1}: expected comma-separated GPU ids such as 0,1,2,3"
 }

@@ -6,7 +6,7 @@
 STARTED=()  # pids of the servers and jobs started: stopped on exit
 
 check_vllm_values() {
-  [[ -n $VLLM_HOST ]] || die "VLLM_HOST is empty: the address vLLM binds (127.0.0.1 keeps it on this machine)"
+  need_host VLLM_HOST
   need_number GPU_MEMORY_UTILIZATION "x > 0 && x <= 1" "in (0, 1]"
   need_int MAX_MODEL_LEN 1
   need_int HEALTH_TIMEOUT 1
