@@ -191,6 +191,23 @@ def test_atomic_files_commit_together_or_not_at_all(tmp_path):
     assert oct((tmp_path / "keep" / "s.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+def test_binary_files_commit_byte_for_byte_with_the_text_files(tmp_path):
+    png = b"\x89PNG\r\n\x1a\n\x00\xff\xfe not UTF-8 \r\n"  # what text mode would refuse or translate
+    target = tmp_path / "report"
+    with pytest.raises(RuntimeError):
+        with AtomicFiles(target) as files:
+            files.open("radar.png", "wb").write(png)
+            raise RuntimeError("the figure failed")
+    assert not target.exists()  # nothing of the set, no folder
+    with AtomicFiles(target) as files:
+        with files.open("radar.png", "wb") as stream:
+            stream.write(png)
+        files.open("report.md").write("é\n")
+        with pytest.raises(ValueError, match="expected 'w' \\(text\\) or 'wb' \\(bytes\\)"):
+            files.open("x.png", "ab")
+    assert snapshot(target) == {"radar.png": png, "report.md": "é\n".encode()}
+
+
 @pytest.mark.parametrize(
     "journal, problem",
     [("{not json", "unreadable commit journal"), ('{"staging": "../x", "files": [], "remove": []}', "names outside")],

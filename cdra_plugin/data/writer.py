@@ -1,7 +1,8 @@
 """All-or-nothing writing of a SET of files into one directory, safe against interrupts, crashes and a second writer.
 
-    with AtomicFiles(out_dir, replaces=("a.jsonl", "b.jsonl", "stats.json")) as files:
+    with AtomicFiles(out_dir, replaces=("a.jsonl", "b.jsonl", "stats.json", "plot.png")) as files:
         with files.open("a.jsonl") as f: ...
+        files.open("plot.png", "wb").write(png_bytes)
         files.write_json("stats.json", stats)
 
 Renaming N finished files into place is N steps, and a crash between two of them would leave files of two runs
@@ -36,7 +37,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 JOURNAL = ".cdra-commit.json"
 STAGING_PREFIX = ".cdra-staging-"
@@ -71,7 +72,7 @@ class AtomicFiles:
         self.replaces = tuple(replaces)
         self.committed = False
         self._staging: Path | None = None
-        self._streams: dict[str, TextIO] = {}
+        self._streams: dict[str, TextIO | BinaryIO] = {}
         self._created: list[Path] = []
         self._lock_fd: int | None = None
 
@@ -89,13 +90,16 @@ class AtomicFiles:
             raise
         return self
 
-    def open(self, name: str) -> TextIO:
-        """A text stream for ``name``; closing it early is fine, it is committed with the rest."""
+    def open(self, name: str, mode: str = "w") -> TextIO | BinaryIO:
+        """A stream for ``name``: text (UTF-8) for ``mode="w"``, bytes for ``"wb"``. Closing it early is fine, it
+        is committed with the rest."""
+        if mode not in ("w", "wb"):
+            raise ValueError(f"mode {mode!r}: expected 'w' (text) or 'wb' (bytes)")
         if name != Path(name).name or name.startswith(".") or name in self._streams:
             raise ValueError(f"{name!r}: expected a new plain file name")
         # Created like open(name, "w") would (0o666 less the umask), unlike mkstemp's 0o600.
         fd = os.open(self._staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self._streams[name] = os.fdopen(fd, "w", encoding="utf-8")
+        self._streams[name] = os.fdopen(fd, mode, encoding=None if mode == "wb" else "utf-8")
         return self._streams[name]
 
     def write_json(self, name: str, obj) -> None:
