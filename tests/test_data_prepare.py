@@ -14,6 +14,7 @@ from cdra_plugin.data.hf import load_deeppref_dataset
 from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.split import SplitError, topic_quotas
 from cdra_plugin.prompts import parse_score, policy_prompt, prm_prompt, render_steps
+from cdra_plugin.testing import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "deeppref_sample"
@@ -323,3 +324,22 @@ def test_real_prefeval_directory(tmp_path):
     held = {r["label"] for r in rows(tmp_path / "eval.jsonl")}
     strip = lambda labels: {tuple(json.loads(x)[k] for k in ("preference", "question")) for x in labels}  # noqa: E731
     assert strip(train).isdisjoint(strip(held))
+
+
+def test_rft_rows_are_few_shot_demonstrations_for_cdra_eval(tmp_path):
+    """`cdra eval generate --mode few-shot --shots rft.jsonl` shows each demonstration's P, q and path as written."""
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--input", str(SAMPLE), "--output", str(out), "--eval-size", "2"]) == 0
+    rft = rows(out / "rft.jsonl")
+    assert all(r["preference"] and r["question"] and r["id"] and r["topic"] for r in rft)
+    with ScriptedLLM(lambda request: "An answer.", model="policy") as policy:
+        argv = ["eval", "generate", "--data", str(out / "eval.jsonl"), "--backend", policy.base_url, "--model",
+                "policy", "--mode", "few-shot", "--shots", str(out / "rft.jsonl"), "--k", str(len(rft)),
+                "--output", str(tmp_path / "few-shot.jsonl")]  # fmt: skip
+        assert main(argv) == 0
+        prompts = [request.prompt for request in policy.requests]
+    assert len(prompts) == 2  # one per held-out scenario, each showing every demonstration
+    for row in rft:
+        answer = row["output"][0]["content"]
+        shown = f"User preference: {row['preference']}\nQuestion: {row['question']}\nAnswer: {answer}"
+        assert all(shown in prompt for prompt in prompts)

@@ -10,7 +10,9 @@ template (``--data.apply_chat_template``):
   a node repeats it: in a tree with branching b, counting per path would weight the first step b^(T-1) times more
   than the last. ``"path"`` writes one example per (path, step), the literal sum of Eq. 2.
 - ``rft``: D_RFT (Appendix E): per scenario the ``top_k`` paths with the highest R(tau) = sum_j r^j;
-  ``input`` = [user: ``policy_prompt(P, q)``] (Fig. 14), ``output`` = [assistant: ``render_steps(path)``].
+  ``input`` = [user: ``policy_prompt(P, q)``] (Fig. 14), ``output`` = [assistant: ``render_steps(path)``], plus the
+  plain ``preference`` and ``question``, so the rows also serve as few-shot demonstrations
+  (``cdra eval generate --mode few-shot --shots rft.jsonl`` shows P, q and the path's text).
 - ``rl_prompts`` / ``eval``: ``input`` = [user: ``policy_prompt(P, q)``] and ``label`` = the JSON string
   ``{"preference": P, "question": q, "id": <scenario id>, "topic": <topic>}`` that the PRM gateway parses.
   ``eval`` rows also carry P, q (and PrefEval's explanation, or DeepPref's best path) for the LLM judge.
@@ -77,6 +79,8 @@ def rft_rows(scenario: Scenario, paths: list[ReasoningPath], top_k: int) -> Iter
             "output": assistant(render_steps(path.thoughts)),
             "id": scenario.id,
             "topic": scenario.topic,
+            "preference": scenario.preference,
+            "question": scenario.question,
             "rank": rank,
             "return": path.total,
         }
