@@ -143,14 +143,18 @@ def test_prm_examples_per_node_versus_per_path_and_top_k(tmp_path):
         prepare_deeppref(src, tmp_path / "x", PrepareOptions(eval_size=0, top_k=0, progress=False))
 
 
-def test_out_of_range_scores_are_written_at_the_scale_end_and_counted(tmp_path):
-    src = write_deeppref(tmp_path, "T", [record({"0": ["1"], "1": ["2"]}, scores={"1": 1.5, "2": -3})])
-    stats = prepare_deeppref(src, tmp_path / "o", PrepareOptions(eval_size=0, progress=False))
+def test_out_of_range_scores_are_written_at_the_scale_end_and_counted(tmp_path, capsys):
+    scores = {"1": 1.5, "2": -3, "3": 1.0, "4": -1.0}  # the ends themselves are on the scale
+    src = write_deeppref(tmp_path, "T", [record({"0": ["1"], "1": ["2"], "2": ["3"], "3": ["4"]}, scores=scores)])
+    assert main(["data", "prepare", "--input", src, "--output", str(tmp_path / "o"), "--eval-size", "0"]) == 0
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     targets = [r["output"][0]["content"] for r in rows(tmp_path / "o" / "prm_sft.jsonl")]
     # the PRM is trained on the Fig. 15 scale: the gateway rejects a score off it (prompts.prm_target)
-    assert [t.splitlines()[-1] for t in targets] == ["SCORE: 1", "SCORE: -1"]
-    assert [parse_score(t) for t in targets] == [1.0, -1.0]
+    assert [t.splitlines()[-1] for t in targets] == ["SCORE: 1", "SCORE: -1", "SCORE: 1", "SCORE: -1"]
+    assert [parse_score(t) for t in targets] == [1.0, -1.0, 1.0, -1.0]
+    assert stats["prm_scores"]["clipped"] == 2 and stats["prm_scores"]["max"] == 1.5  # as annotated
     assert stats["prm_scores"]["histogram"]["above_1"] == 1 and stats["prm_scores"]["histogram"]["below_-1"] == 1
+    assert "2 PRM target(s) annotated off the [-1, 1] scale were written at its nearest end" in capsys.readouterr().err
 
 
 def many_scenarios(directory: Path, sizes: dict[str, int]) -> None:

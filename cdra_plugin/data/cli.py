@@ -168,6 +168,10 @@ def _report(stats: dict, output: Path) -> None:
     for name, rows in stats["outputs"].items():
         print(f"  {output / name}: {rows} rows")
     print(f"  {output / 'stats.json'}")
+    clipped = stats.get("prm_scores", {}).get("clipped", 0)
+    if clipped:
+        print(f"{clipped} PRM target(s) annotated off the [-1, 1] scale were written at its nearest end "
+              "(prm_scores in stats.json)", file=sys.stderr)  # fmt: skip
     skipped = stats["skipped"]
     if skipped["count"]:
         print(f"skipped {skipped['count']} invalid record(s) or file(s):", file=sys.stderr)

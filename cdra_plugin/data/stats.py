@@ -2,15 +2,20 @@
 
 Per topic: records (``scenarios`` or ``pairs``), distinct ones held out (``eval``) or kept (``train``), repeated
 (P, q) pairs (``duplicates``), and for DeepPref the paths, steps (summed over paths), distinct nodes, PRM and RFT
-examples. Overall: the distribution of the PRM target scores r^j of the training examples (summary, quantiles, a
-histogram over [-1, 1] plus the counts outside it, which the PRM's ``parse_score`` clips), path lengths and paths
-per scenario (all scenarios), and R(tau) of the RFT paths. The caller adds inputs, options and skipped records.
+examples. Overall: the distribution of the annotated scores r^j of the PRM training examples (summary, quantiles, a
+histogram over [-1, 1] plus the counts outside it), path lengths and paths per scenario (all scenarios), and R(tau)
+of the RFT paths. The caller adds inputs, options and skipped records.
+
+An annotation outside the Fig. 15 scale [-1, 1] is kept as annotated here, but its PRM SFT target is written at the
+nearest end of the scale (``prompts.prm_target``: the gateway's ``parse_score`` refuses off-scale scores, so a
+target beyond them would teach the PRM answers the gateway cannot read); ``prm_scores.clipped`` counts those targets.
 """
 
 import math
 from collections import Counter, defaultdict
 
 from cdra_plugin.data.paths import ReasoningPath
+from cdra_plugin.prompts import SCORE_MAX, SCORE_MIN
 
 HIST_BINS = 10
 
@@ -92,7 +97,9 @@ class Stats:
                 "length": summary(self.path_lengths),
             }
         if self.prm_scores:
-            body["prm_scores"] = {**summary(self.prm_scores), "histogram": histogram(self.prm_scores)}
+            scores = self.prm_scores
+            clipped = sum(not SCORE_MIN <= score <= SCORE_MAX for score in scores)
+            body["prm_scores"] = {**summary(scores), "clipped": clipped, "histogram": histogram(scores)}
         if self.rft_returns:
             body["rft_returns"] = summary(self.rft_returns)
         return body
