@@ -77,7 +77,7 @@ need_env_var_name() {  # VAR: empty, or the name of a set, non-empty environment
   local var=$1 holder=${!1}
   [[ -z $holder ]] && return 0
   [[ $holder =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "$var=$holder: expected the NAME of an environment variable"
-  [[ -n ${!holder:-} ]] || die "$var=$holder names an unset or empty variable: export $holder first"
+  [[ -n ${!holder:-} ]] || die "$var=$holder names an unset or empty variable: export $holder first, or set $var= for no secret"
 }
 
 looks_local() {  # PATH: a path, never to be taken for a Hugging Face hub id ("name" or "org/name")
