@@ -178,15 +178,16 @@ build_commands() {  # per checkpoint i: SERVE_CMDS[i], GEN_CMDS[i], JUDGE_CMDS[i
 }
 
 generate() {  # I: serve checkpoint I, generate its responses, stop the server
-  local i=$1 log="$LOG_DIR/vllm_${NAMES[i]}.log"
+  local i=$1 log="$LOG_DIR/vllm_${NAMES[i]}.log" server
   need_free_port "$VLLM_HOST" "$VLLM_PORT" VLLM_PORT
   echo "$RECIPE: [${NAMES[i]}] serving ${CKPTS[i]} on GPU(s) $GPUS (log $log)"
   CUDA_VISIBLE_DEVICES=$GPUS bash -c "exec ${SERVE_CMDS[i]}" >"$log" 2>&1 &
-  STARTED+=($!)
-  wait_healthy "$BACKEND/models" "${STARTED[-1]}" "$log"
+  server=$!
+  STARTED+=("$server")
+  wait_healthy "$BACKEND/models" "$server" "$log"
   echo "$RECIPE: [${NAMES[i]}] generating"
   bash -c "${GEN_CMDS[i]}" || die "generation for ${NAMES[i]} failed (above); rerun to resume"
-  stop_one "${STARTED[-1]}"
+  stop_one "$server"
 }
 
 check_inputs

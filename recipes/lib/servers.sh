@@ -1,7 +1,7 @@
 # Servers and jobs a recipe starts in the background (serve_prm.sh, eval.sh): the vLLM command, free ports, waiting
 # until a server answers, and stopping everything the recipe started when it exits (Ctrl-C and SIGTERM included).
-# Sourced after checks.sh; uses VLLM, VLLM_HOST, GPU_MEMORY_UTILIZATION, MAX_MODEL_LEN, VLLM_EXTRA_ARGS and
-# HEALTH_TIMEOUT, which check_vllm_values checks.
+# Sourced after checks.sh; reads the recipe's VLLM, VLLM_EXTRA_ARGS, VLLM_HOST, GPU_MEMORY_UTILIZATION, MAX_MODEL_LEN
+# and HEALTH_TIMEOUT (check_vllm_values checks the last four).
 
 STARTED=()  # pids of the servers and jobs started: stopped on exit
 
