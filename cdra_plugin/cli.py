@@ -10,7 +10,7 @@ cdra traces show traces.jsonl
 import argparse
 import sys
 
-from cdra_plugin import __version__
+from cdra_plugin import __version__, demo
 from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
 from cdra_plugin.eval import cli as eval_cli
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cdra-plugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo.add_parser(subparsers)
     data_cli.add_parser(subparsers)
     build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
