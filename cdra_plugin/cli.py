@@ -9,6 +9,7 @@ cdra traces show traces.jsonl
 
 import argparse
 import sys
+import warnings
 
 from cdra_plugin import __version__, demo
 from cdra_plugin.build import cli as build_cli
@@ -21,8 +22,9 @@ from cdra_plugin.traces import cli as traces_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdra",
-        description="Critique-Driven Reasoning Alignment (CDRA) for OpenRLHF: data, Pers-GenPRM, evaluation. "
-        "Training itself is `cdra-train` (OpenRLHF's train_ppo_ray with the `cdpa` estimator).",
+        description="Critique-Driven Reasoning Alignment (CDRA) for OpenRLHF: one command group per stage of the "
+        "pipeline, listed below. Training itself is `cdra-train` (OpenRLHF's train_ppo_ray with the `cdpa` "
+        "estimator).",
     )
     parser.add_argument("--version", action="version", version=f"cdra-plugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -36,12 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenRLHF requires the deprecated `pynvml` package, whose import hook warns on every `import torch`: a note
+    # about the host's packaging that no cdra user can act on. Only that one warning is silenced.
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # commands that need more (cdra data prepare) handle it themselves
+        print(f"cdra {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
