@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "deeppref_sample"
-PRM_MODEL = "pers-genprm"
 MAX_STEPS = 8
 QUESTION = "Which hotel should I pick for a weekend city break in Lisbon?"
 # G = 4 responses to that scenario, each step with the critique and score a good PRM would give it (the demo's
@@ -122,15 +121,26 @@ def _raise_interrupted(signum, frame) -> None:
 def _stages(out: Path, colour: bool) -> int:
     print("CDRA demo: one CDPA step on one prompt, with the project's real parts (no GPU, no network)\n")
     group = _Group(_prepare(out / "data"))
-    with _Servers(out) as servers:
-        replies = [_reward(servers.gateway, group, response) for response in group.responses]
-        print(f"[3/5] rewards   {len(replies)} responses scored through {servers.gateway}/get_reward, one "
-              "request each, as OpenRLHF's rollout workers send them")  # fmt: skip
+    with _Servers(out / "logs") as servers:
+        table = out / "prm_table.json"
+        table.write_text(json.dumps(_score_table(), indent=1, ensure_ascii=False), encoding="utf-8")
+        backend = servers.scripted("table", "--table", str(table))
+        gateway = servers.gateway(backend, "table")
+        print(f"[2/6] servers   scripted Pers-GenPRM on {backend} (answers from {table}), gateway `cdra prm serve` "
+              f"on {gateway} (logs in {out / 'logs'}/)")  # fmt: skip
+        replies = [_reward(gateway, group, response) for response in group.responses]
+        print(f"[3/6] rewards   {len(replies)} responses scored through {gateway}/get_reward, one request each, as "
+              "OpenRLHF's rollout workers send them")  # fmt: skip
         aligned, adv = _advantages(group, replies, colour)
-        _trace(out / "traces.jsonl", servers.gateway, group, replies, aligned, adv, colour)
-    print(f"\noutputs in {out}/: data/ (training files), logs/ (servers), traces.jsonl; "
-          "on a GPU machine the same stages run through recipes/*.sh (README)")  # fmt: skip
+        _trace(out / "traces.jsonl", gateway, group, replies, aligned, adv, colour)
+        _evaluate(servers, out / "data" / "eval.jsonl", out / "eval")
+    print(f"\noutputs in {out}/: data/ (training files), logs/ (servers), traces.jsonl, eval/report/ (Table 1, "
+          "radar.png); on a GPU machine the same stages run through recipes/*.sh (README)")  # fmt: skip
     return 0
+
+
+def _score_table() -> dict[str, list]:
+    return {text: [score, critique] for steps in GROUP for text, score, critique in steps}
 
 
 def _prepare(data_dir: Path) -> dict:
@@ -140,7 +150,7 @@ def _prepare(data_dir: Path) -> dict:
         raise SystemExit(f"cdra demo: the sample data {EXAMPLES} is missing: run the demo from a cdra-plugin checkout")
     stats = prepare_deeppref(EXAMPLES, data_dir, PrepareOptions(eval_size=2, overwrite=True, progress=False))
     rows = ", ".join(f"{name} {count}" for name, count in stats["outputs"].items())
-    print(f"[1/5] data      cdra data prepare --input {EXAMPLES} -> {data_dir}/ ({rows})")
+    print(f"[1/6] data      cdra data prepare --input {EXAMPLES} -> {data_dir}/ ({rows})")
     for name in ("rl_prompts.jsonl", "eval.jsonl"):
         for line in (data_dir / name).read_text(encoding="utf-8").splitlines():
             label = json.loads(json.loads(line)["label"])
@@ -156,51 +166,49 @@ def _free_port() -> int:
 
 
 class _Servers:
-    """The scripted PRM and the gateway as child processes; both stopped on exit, whatever ends the ``with``."""
+    """Child processes on loopback (scripted models, the gateway), all stopped on exit whatever ends the ``with``."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, logs: Path):
+        self.logs = logs
         self.procs: list[subprocess.Popen] = []
-        self.backend = f"http://127.0.0.1:{_free_port()}/v1"
-        self.gateway = f"http://127.0.0.1:{_free_port()}"
 
     def __enter__(self) -> _Servers:
-        logs = self.out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        table = self.out / "prm_table.json"
-        table.write_text(json.dumps({text: [score, critique] for steps in GROUP for text, score, critique in steps},
-                                    indent=1, ensure_ascii=False), encoding="utf-8")  # fmt: skip
-        try:
-            self._start(logs / "prm.log", "-m", "cdra_plugin.testing", "serve", PRM_MODEL, "--role", "table",
-                        "--table", str(table), "--port", self.backend.split(":")[-1].split("/")[0])  # fmt: skip
-            self._wait(self.backend + "/models", logs / "prm.log")
-            self._start(logs / "gateway.log", "-m", "cdra_plugin.cli", "prm", "serve", "--backend", self.backend,
-                        "--model", PRM_MODEL, "--port", self.gateway.rsplit(":", 1)[1], "--max-steps", str(MAX_STEPS),
-                        "--failure-policy", "drop")  # fmt: skip
-            self._wait(self.gateway + "/health", logs / "gateway.log")
-        except BaseException:
-            self.__exit__()
-            raise
-        print(f"[2/5] servers   scripted Pers-GenPRM on {self.backend} (answers from {table}), gateway "
-              f"`cdra prm serve` on {self.gateway} (logs in {logs}/)")  # fmt: skip
+        self.logs.mkdir(parents=True, exist_ok=True)
         return self
 
-    def _start(self, log: Path, *argv: str) -> None:
-        with open(log, "w", encoding="utf-8") as stream:
-            self.procs.append(subprocess.Popen([sys.executable, *argv], stdout=stream, stderr=subprocess.STDOUT))
-
-    def _wait(self, url: str, log: Path, timeout: float = 60.0) -> None:
+    def start(self, name: str, argv: list[str], health: str) -> None:
+        """Run ``python -m argv...`` with its output in ``logs/<name>.log``; return once ``health`` answers 200."""
         import httpx
 
-        deadline = time.monotonic() + timeout
+        log = self.logs / f"{name}.log"
+        with open(log, "w", encoding="utf-8") as stream:
+            self.procs.append(subprocess.Popen([sys.executable, "-m", *argv], stdout=stream, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60.0
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2.0).status_code == 200:
+                if httpx.get(health, timeout=2.0).status_code == 200:
                     return
             if self.procs[-1].poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
-                raise SystemExit(f"cdra demo: {url} did not come up; end of {log}:\n" + "\n".join(tail))
+                raise SystemExit(f"cdra demo: {name} did not come up at {health}; end of {log}:\n" + "\n".join(tail))
             time.sleep(0.2)
+
+    def scripted(self, role: str, *extra: str) -> str:
+        """A scripted OpenAI-compatible model (``python -m cdra_plugin.testing serve``); returns its base URL."""
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/v1"
+        argv = ["cdra_plugin.testing", "serve", role, "--role", role, "--port", str(port), *extra]
+        self.start(role, argv, url + "/models")
+        return url
+
+    def gateway(self, backend: str, model: str) -> str:
+        """``cdra prm serve`` over ``backend``; returns its URL."""
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = ["cdra_plugin.cli", "prm", "serve", "--backend", backend, "--model", model, "--port", str(port),
+                "--max-steps", str(MAX_STEPS), "--failure-policy", "drop"]  # fmt: skip
+        self.start("gateway", argv, url + "/health")
+        return url
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
@@ -265,7 +273,7 @@ def _advantages(group: _Group, replies: list[dict], colour: bool):
         rewards[i, :n] = scores[i][row.step_of_token]
     adv, stats = cdpa_advantages(rewards, mask, group_size=len(ids), step_ids=step_ids)
     outcome, outcome_stats = cdpa_advantages(rewards, mask, group_size=len(ids), mode="outcome", step_ids=step_ids)
-    print(f"[4/5] CDPA      per-token advantages, Eq. 3 (token_position: each token against the group's tokens at "
+    print(f"[4/6] CDPA      per-token advantages, Eq. 3 (token_position: each token against the group's tokens at "
           f"its position); {stats['mean_steps']:.1f} steps per response\n")  # fmt: skip
     for i, row in enumerate(aligned):
         reward = replies[i]["rewards"][0]
@@ -317,6 +325,32 @@ def _trace(path: Path, gateway: str, group: _Group, replies: list[dict], aligned
             "critiques": first_critiques(result),
         }
         append_trace(path, record, max_bytes=16 << 20)
-    print(f"\n[5/5] trace     {path} (critiques read back from the gateway's cache, nothing scored twice); "
+    print(f"\n[5/6] trace     {path} (critiques read back from the gateway's cache, nothing scored twice); "
           f"`cdra traces show {path} --index 0`:\n")  # fmt: skip
     cdra(["traces", "show", str(path), "--index", "0", *([] if colour else ["--no-colour"])])
+
+
+def _evaluate(servers: _Servers, data: Path, out: Path) -> None:
+    """The paper's evaluation (Sec. 3.1) of a zero-shot baseline against the Fig. 14 policy prompt, scripted."""
+    from cdra_plugin.eval.generate import generate
+    from cdra_plugin.eval.judge import judge
+    from cdra_plugin.eval.report import report
+
+    policy = servers.scripted("policy")
+    judge_url = servers.scripted("judge")
+    print(f"\n[6/6] eval      scripted model on {policy} and LLM judge on {judge_url}: `cdra eval generate`, "
+          "`judge` and `report` on the held-out split\n")  # fmt: skip
+    runs = {}
+    for mode in ("zero-shot", "policy"):
+        responses, judged = out / f"{mode}.jsonl", out / f"{mode}.judged.jsonl"
+        for stale in (responses, judged, out / f"{mode}.judged.cache.jsonl"):
+            stale.unlink(missing_ok=True)
+        generate(data, responses, backend=policy, model="policy", mode=mode, n=4, temperature=1.0, seed=0)
+        judge(responses, judged, backend=judge_url, model="judge")
+        runs[mode] = judged
+    result = report(runs, out / "report")
+    markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
+    table = markdown.split("## Table 1\n", 1)[1].split("\n## ", 1)[0].strip()
+    print("\n".join("  " + line for line in table.splitlines()))
+    best = max(result["runs"], key=lambda name: result["runs"][name]["acc_da"])
+    print(f"\n  best by Acc_DA: {best}; the radar chart (Fig. 4) is {out / 'report' / 'radar.png'}")
