@@ -1,0 +1,63 @@
+"""`cdra demo` as a new user runs it: a subprocess, real servers on loopback, every one of them stopped at the end or
+on Ctrl-C, outputs where it says."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cdra_plugin.traces import trace_problem
+
+SERVER = re.compile(r"http://127\.0\.0\.1:(\d+)")
+
+
+def demo(output, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "cdra_plugin.cli", "demo", "--output", str(output)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_demo_runs_every_stage_and_leaves_no_server_behind(tmp_path):
+    proc = demo(tmp_path / "out")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    for stage in ("[1/6] data", "[2/6] servers", "[3/6] rewards", "[4/6] CDPA", "[5/6] trace", "[6/6] eval"):
+        assert stage in out
+    ports = {int(p) for p in SERVER.findall(out)}
+    assert len(ports) >= 4 and not any(listening(p) for p in ports)  # PRM, gateway, policy, judge: all stopped
+
+    records = [json.loads(line) for line in (tmp_path / "out" / "traces.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(trace_problem(r) is None for r in records)
+    best = records[0]
+    assert best["scores"] == [0.78, 0.84, 0.88] and all(c.startswith("Reasoning:") for c in best["critiques"])
+    assert best["mean_advantage"][0] > 0 > records[2]["mean_advantage"][0]  # the best response's step 1 is pushed up
+    report = json.loads((tmp_path / "out" / "eval" / "report" / "report.json").read_text())
+    assert set(report["runs"]) == {"zero-shot", "policy"}
+    assert (tmp_path / "out" / "eval" / "report" / "radar.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_stops_every_server_in_one_line(tmp_path, signum, code):
+    proc = demo(tmp_path / "out")
+    lines = []
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("[2/6] servers") for line in lines):  # the PRM and the gateway are up
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines) + proc.stderr.read()
+        lines.append(proc.stdout.readline())
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.strip().splitlines()[-1].startswith("cdra demo: interrupted") and "Traceback" not in err
+    ports = {int(p) for p in SERVER.findall("".join(lines))}
+    assert len(ports) == 2 and not any(listening(p) for p in ports)
