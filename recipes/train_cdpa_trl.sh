@@ -120,8 +120,8 @@ MODEL_ARGS=(
   --output_dir "$SAVE_PATH"
   --save_steps "$SAVE_STEPS"
   --model_init_kwargs '{"dtype": "bfloat16"}'
-  --bf16
-  --gradient_checkpointing
+  --bf16 true
+  --gradient_checkpointing true
 )
 [[ -z $AUTH_TOKEN_ENV ]] || MODEL_ARGS+=(--auth_token_env "$AUTH_TOKEN_ENV")
 
@@ -139,10 +139,10 @@ ALGO_ARGS=(
 )
 
 GENERATION_ARGS=(
-  --use_vllm
+  --use_vllm true
   --vllm_mode colocate
   --vllm_gpu_memory_utilization "$VLLM_MEMORY"
-  --vllm_enable_sleep_mode
+  --vllm_enable_sleep_mode true
 )
 
 LOG_ARGS=(--logging_steps 1 --report_to tensorboard)

@@ -13,7 +13,7 @@ for real in a minute or two on two cores:
 4. Advantages and update (Steps 4-5): ``CDPAGRPOTrainer`` with ``cdpa_mode`` = ``token_position`` (Eq. 3) for
    ``mode="cdpa"``, or ``outcome`` (GRPO on R_dense, the comparison) for ``mode="outcome"``.
 
-    curve = learning_curve("cdpa", steps=30)      # LearningCurve(mode, scores: mean step score per step, seconds)
+    curve = learning_curve("cdpa", steps=30)   # LearningCurve(mode, scores, num_steps, seconds), one value per step
 
 ``scripts/learn_trl.py`` runs it from the command line; ``tests/test_trl_learning.py`` asserts that it learns.
 """
@@ -50,6 +50,7 @@ _TARGET_WORD = re.compile(rf"\b{TARGET}\b", re.IGNORECASE)
 class LearningCurve(NamedTuple):
     mode: str
     scores: list[float]  # mean PRM step score of each training step's completions, on [-1, 1]
+    num_steps: list[float]  # mean number of steps per completion, per training step
     seconds: float
 
 
@@ -128,8 +129,9 @@ def learning_curve(
     started = time.perf_counter()
     with _one_thread():
         trainer = _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm, progress)
-    scores = [log["prm/mean_step_score"] for log in trainer.state.log_history if "prm/mean_step_score" in log]
-    return LearningCurve(mode, scores, time.perf_counter() - started)
+    logs = [log for log in trainer.state.log_history if "prm/mean_step_score" in log]
+    scores, num_steps = ([log[key] for log in logs] for key in ("prm/mean_step_score", "prm/num_steps"))
+    return LearningCurve(mode, scores, num_steps, time.perf_counter() - started)
 
 
 def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, progress):
@@ -167,6 +169,16 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
             trainer.train()
             reward.close()
     return trainer
+
+
+def moving_average(scores: list[float], window: int = 5) -> list[float]:
+    """Mean of each score and the ``window - 1`` before it (fewer at the start): the curve without sampling noise."""
+    return [sum(scores[max(0, i + 1 - window) : i + 1]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(scores))]
+
+
+def steps_to_reach(scores: list[float], target: float, window: int = 5) -> int | None:
+    """The first step (1-based) whose ``window``-step moving average reaches ``target``; None when none does."""
+    return next((i + 1 for i, s in enumerate(moving_average(scores, window)) if i + 1 >= window and s >= target), None)
 
 
 @contextlib.contextmanager
