@@ -51,7 +51,8 @@ def train(args) -> dict:
     }
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps({**summary, "curves": curves}) + "\n")
+        num_steps = [run.num_steps for run in runs]
+        args.save.write_text(json.dumps({**summary, "curves": curves, "num_steps": num_steps}) + "\n")
     return summary
 
 
@@ -62,19 +63,21 @@ def plot(out: Path, files: list[Path]) -> dict:
     import matplotlib.pyplot as plt
 
     runs = [json.loads(f.read_text()) for f in files]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, (score_ax, steps_ax) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
     for run, colour in zip(runs, ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=False):
         steps = range(1, run["steps"] + 1)
-        for curve in run["curves"]:
-            ax.plot(steps, curve, color=colour, alpha=0.15, linewidth=0.8)
-        mean = [statistics.fmean(s) for s in zip(*run["curves"], strict=True)]
-        reached = run["steps_to_target"]
-        label = f"{run['mode']} ({len(run['curves'])} seeds; {run['target']} at step {reached or '-'})"
-        ax.plot(steps, moving_average(mean), color=colour, linewidth=2, label=label)
-    ax.axhline(runs[0]["target"], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="training step", ylabel="mean PRM step score", ylim=(-1.05, 1.05))
-    ax.set_title("Tiny policy, TRL GRPOTrainer, scripted PRM through the gateway", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+        for ax, key in ((score_ax, "curves"), (steps_ax, "num_steps")):
+            for curve in run[key]:  # each seed, faint; the seeds' mean as a 5-step moving average, bold
+                ax.plot(steps, curve, color=colour, alpha=0.15, linewidth=0.8)
+            mean = [statistics.fmean(s) for s in zip(*run[key], strict=True)]
+            label = f"{run['mode']}: {run['target']} at step {run['steps_to_target'] or '-'}"
+            ax.plot(steps, moving_average(mean), color=colour, linewidth=2, label=label)
+    score_ax.axhline(runs[0]["target"], color="grey", linestyle=":", linewidth=1)
+    score_ax.set(xlabel="training step", ylabel="mean PRM step score", ylim=(-1.05, 1.05))
+    score_ax.legend(loc="lower right", fontsize=8)
+    steps_ax.set(xlabel="training step", ylabel="steps per answer", ylim=(0, None))
+    fig.suptitle(f"Tiny policy, TRL GRPOTrainer, scripted PRM behind the gateway ({len(runs[0]['curves'])} seeds)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

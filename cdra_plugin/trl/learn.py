@@ -15,6 +15,10 @@ for real in a minute or two on two cores:
 
     curve = learning_curve("cdpa", steps=30)   # LearningCurve(mode, scores, num_steps, seconds), one value per step
 
+The rule scores steps one at a time, so the policy also changes how many steps it writes, in the direction its
+advantage rewards: the step-level modes learn to stop after one good step, GRPO on the sum R_dense writes more
+steps (README, "Use with TRL"); ``num_steps`` records it.
+
 ``scripts/learn_trl.py`` runs it from the command line; ``tests/test_trl_learning.py`` asserts that it learns.
 """
 

@@ -93,15 +93,20 @@ class CDPAGRPOTrainer(GRPOTrainer):
         aligned = align_steps(self._tokenizer, scored.completion_ids, max_steps=scored.width)
         rewards, valid, step_ids, mismatch = token_layout(aligned, scored, loss_mask.bool().any(1).cpu())
         device = completion_ids.device
-        rewards, valid, step_ids = (self._gather(t.to(device)) for t in (rewards, valid, step_ids))
+        # bool travels as uint8: not every collective backend reduces bool tensors
+        rewards, valid, step_ids = (self._gather(t.to(device)) for t in (rewards, valid.to(torch.uint8), step_ids))
+        valid = valid.bool()
         args = self.args
         advantages, stats = cdpa_advantages(
             rewards, valid, self.num_generations, mode=args.cdpa_mode, eps=args.cdpa_eps, step_ids=step_ids,
             outcome_aggregation=args.cdpa_outcome_aggregation,
         )  # fmt: skip
-        stats["mismatch_frac"] = float(self.accelerator.gather(mismatch.to(device)).double().mean())
+        stats["mismatch_frac"] = float(self.accelerator.gather(mismatch.to(device, torch.float32)).mean())
         for key, value in stats.items():
             self._metrics["train"][f"cdpa/{key}"].append(value)
+        # the completions table (log_completions) has one advantage per completion: the mean over its tokens
+        self._logs["advantages"].clear()
+        self._logs["advantages"].extend(((advantages * valid).sum(1) / valid.sum(1).clamp(min=1)).tolist())
         n = completion_ids.shape[0]
         start = self.accelerator.process_index * n
         local = advantages[start : start + n, : completion_ids.shape[1]]
