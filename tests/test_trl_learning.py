@@ -14,14 +14,15 @@ import torch
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'cdra-plugin[trl]' (setup_env.sh has it)")
 
 from transformers import AutoTokenizer  # noqa: E402
-from trl import GRPOTrainer  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from cdra_plugin.advantage import cdpa_advantages  # noqa: E402
 from cdra_plugin.detok import decode_with_offsets  # noqa: E402
 from cdra_plugin.steps import segment_steps, token_step_ids  # noqa: E402
 from cdra_plugin.testing import ScriptedRequest  # noqa: E402
 from cdra_plugin.trl.learn import MODES, TARGET, G, build_policy, judge, learning_curve  # noqa: E402
-from cdra_plugin.trl.trainer import CDPAGRPOTrainer  # noqa: E402
+from cdra_plugin.trl.reward import GatewayReward  # noqa: E402
+from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer  # noqa: E402
 
 STEPS = 20  # training steps of the learning runs (about 0.5 s each on two cores)
 
@@ -115,3 +116,16 @@ def test_trls_own_grpo_trainer_masks_failed_samples(policy, tokenizer):
 def _nanstd(x: torch.Tensor) -> torch.Tensor:
     n = (~x.isnan()).sum(1, keepdim=True)
     return (((x - x.nanmean(1, keepdim=True)) ** 2).nansum(1, keepdim=True) / (n - 1)).sqrt()
+
+
+def test_misuse_is_refused_before_any_model_loads(tiny_tokenizer):
+    reward = GatewayReward("http://127.0.0.1:5000/get_reward", tiny_tokenizer)
+    config = CDPAConfig(output_dir="unused", num_generations=2, per_device_train_batch_size=2, use_cpu=True)
+    with pytest.raises(TypeError, match="args must be a CDPAConfig"):
+        CDPAGRPOTrainer(None, [reward], GRPOConfig(output_dir="unused", use_cpu=True))
+    with pytest.raises(ValueError, match="exactly one reward function, a GatewayReward"):
+        CDPAGRPOTrainer(None, [reward, lambda **kwargs: [0.0]], config)
+    with pytest.raises(ValueError, match="does not support tools"):
+        CDPAGRPOTrainer(None, [reward], config, tools=[print])
+    with pytest.raises(ValueError, match="cdpa_mode 'eq3': choose one of token_position, group_steps"):
+        CDPAConfig(output_dir="unused", cdpa_mode="eq3", use_cpu=True)

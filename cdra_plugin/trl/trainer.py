@@ -33,11 +33,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from trl import GRPOConfig, GRPOTrainer
+
+try:
+    import trl
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError as exc:  # an optional extra
+    raise ImportError(f"cdra_plugin.trl needs TRL ({exc}): pip install 'cdra-plugin[trl]'") from exc
 
 from cdra_plugin.advantage import MODES, OUTCOME_AGGREGATIONS, cdpa_advantages
 from cdra_plugin.align import AlignedResponse, align_steps
 from cdra_plugin.trl.reward import GatewayBatch, GatewayReward
+
+TRL_VERSION = "1.16.0"  # the release whose GRPOTrainer internals this subclass was written against
 
 
 @dataclass
@@ -67,6 +74,11 @@ class CDPAGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose advantages are CDPA's per-token ones (module docstring)."""
 
     def __init__(self, model, reward_funcs, args: CDPAConfig, **kwargs):
+        if trl.__version__ != TRL_VERSION:
+            raise RuntimeError(
+                f"CDPAGRPOTrainer was written against trl=={TRL_VERSION} (its _generate_and_score_completions batch "
+                f"and metrics); found trl=={trl.__version__}. Install the extra: pip install 'cdra-plugin[trl]'."
+            )
         if not isinstance(args, CDPAConfig):
             raise TypeError(f"args must be a CDPAConfig (GRPOConfig + cdpa_* options), got {type(args).__name__}")
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
