@@ -3,6 +3,8 @@ tokenizer. Needs no TRL (the function is called the way GRPOTrainer calls it), s
 
 import contextlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +101,13 @@ def unused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_only_cdra_plugin_trl_imports_trl():
+    package = Path(__file__).resolve().parents[1] / "cdra_plugin"
+    importing = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(import trl\b|from trl\b)", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert importing and all(name.startswith("trl/") for name in importing), importing
