@@ -44,7 +44,7 @@ def call(reward, tokenizer, answers, **kwargs):
 
 def test_rewards_are_r_dense_and_failed_samples_are_masked(tiny_tokenizer):
     logged = {}
-    with gateway("--failure-policy", "drop") as url:
+    with gateway("--failure-policy", "drop", "--reward-aggregation", "sum") as url:
         reward = GatewayReward(url, tiny_tokenizer)
         rewards, ids = call(reward, tiny_tokenizer, ANSWERS, log_metric=logged.__setitem__)
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == pytest.approx(1.2)
@@ -74,7 +74,7 @@ def test_fail_policy_stops_training_with_the_gateways_reason(tiny_tokenizer):
 
 def test_bearer_token_from_the_environment(tiny_tokenizer, monkeypatch):
     monkeypatch.setenv("CDRA_TEST_TOKEN", "s3cret")
-    with gateway(auth_token="s3cret") as url:
+    with gateway("--reward-aggregation", "sum", auth_token="s3cret") as url:
         rewards, _ = call(GatewayReward(url, tiny_tokenizer, auth_token_env="CDRA_TEST_TOKEN"), tiny_tokenizer,
                           ANSWERS[:1])  # fmt: skip
         assert rewards == pytest.approx([1.0])

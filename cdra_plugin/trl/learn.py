@@ -150,9 +150,10 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
 
     with tempfile.TemporaryDirectory(prefix="cdra-learn-") as tmp, ScriptedLLM(prm_script) as prm:
         policy = policy or build_policy(Path(tmp) / "policy", seed=seed)
-        # the gateway as `cdra prm serve` builds it; a scripted PRM answers at once, so retries need no backoff
+        # the gateway as `cdra prm serve` builds it; a scripted PRM answers at once, so retries need no backoff. Its
+        # scalar reward is the paper's R_dense (sum), what TRL's own GRPO baseline trains on.
         argv = ["prm", "serve", "--backend", prm.base_url, "--model", "scripted-prm", "--max-steps", "8",
-                "--failure-policy", "drop", "--backoff", "0.01"]  # fmt: skip
+                "--failure-policy", "drop", "--backoff", "0.01", "--reward-aggregation", "sum"]  # fmt: skip
         with BackgroundServer(create_app(build_gateway(build_parser().parse_args(argv)))) as gateway:
             tokenizer = AutoTokenizer.from_pretrained(policy)
             reward = GatewayReward(gateway.url + "/get_reward", tokenizer)
