@@ -98,6 +98,8 @@ def add_parser(subparsers) -> None:
     demo.add_argument(
         "--output", default="cdra-demo", metavar="DIR", help="where the outputs go (default ./cdra-demo)"
     )
+    demo.add_argument("--learn-steps", type=int, default=12, metavar="N",
+                      help="steps of the last stage (TRL on a tiny policy; default 12, 0 skips it)")  # fmt: skip
     demo.add_argument("--no-colour", action="store_true", help="plain text even on a terminal (also: NO_COLOR=1)")
     demo.set_defaults(func=run)
 
@@ -108,7 +110,9 @@ def run(args) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_interrupted)
     try:
-        return _stages(out, colour)
+        if args.learn_steps < 0:
+            raise SystemExit(f"cdra demo: --learn-steps must be >= 0, got {args.learn_steps}")
+        return _stages(out, colour, args.learn_steps)
     except Interrupted as stop:
         print(f"cdra demo: interrupted ({stop}); servers stopped, outputs so far in {out}", file=sys.stderr)
         return 128 + stop.signum
@@ -118,7 +122,7 @@ def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signum)
 
 
-def _stages(out: Path, colour: bool) -> int:
+def _stages(out: Path, colour: bool, learn_steps: int) -> int:
     print("CDRA demo: one CDPA step on one prompt, with the project's real parts (no GPU, no network)\n")
     group = _Group(_prepare(out / "data"))
     with _Servers(out / "logs") as servers:
@@ -126,16 +130,19 @@ def _stages(out: Path, colour: bool) -> int:
         table.write_text(json.dumps(_score_table(), indent=1, ensure_ascii=False), encoding="utf-8")
         backend = servers.scripted("table", "--table", str(table))
         gateway = servers.gateway(backend, "table")
-        print(f"[2/6] servers   scripted Pers-GenPRM on {backend} (answers from {table}), gateway `cdra prm serve` "
+        print(f"[2/7] servers   scripted Pers-GenPRM on {backend} (answers from {table}), gateway `cdra prm serve` "
               f"on {gateway} (logs in {out / 'logs'}/)")  # fmt: skip
         replies = [_reward(gateway, group, response) for response in group.responses]
-        print(f"[3/6] rewards   {len(replies)} responses scored through {gateway}/get_reward, one request each, as "
+        print(f"[3/7] rewards   {len(replies)} responses scored through {gateway}/get_reward, one request each, as "
               "OpenRLHF's rollout workers send them")  # fmt: skip
         aligned, adv = _advantages(group, replies, colour)
         _trace(out / "traces.jsonl", gateway, group, replies, aligned, adv, colour)
         _evaluate(servers, out / "data" / "eval.jsonl", out / "eval")
+    if learn_steps:
+        _learn(out / "learning_curve.json", learn_steps)
     print(f"\noutputs in {out}/: data/ (training files), logs/ (servers), traces.jsonl, eval/report/ (Table 1, "
-          "radar.png); on a GPU machine the same stages run through recipes/*.sh (README)")  # fmt: skip
+          "radar.png), learning_curve.json\non a GPU machine the same stages run at scale through recipes/*.sh "
+          "(README)")  # fmt: skip
     return 0
 
 
@@ -150,7 +157,7 @@ def _prepare(data_dir: Path) -> dict:
         raise SystemExit(f"cdra demo: the sample data {EXAMPLES} is missing: run the demo from a cdra-plugin checkout")
     stats = prepare_deeppref(EXAMPLES, data_dir, PrepareOptions(eval_size=2, overwrite=True, progress=False))
     rows = ", ".join(f"{name} {count}" for name, count in stats["outputs"].items())
-    print(f"[1/6] data      cdra data prepare --input {EXAMPLES} -> {data_dir}/ ({rows})")
+    print(f"[1/7] data      cdra data prepare --input {EXAMPLES} -> {data_dir}/ ({rows})")
     for name in ("rl_prompts.jsonl", "eval.jsonl"):
         for line in (data_dir / name).read_text(encoding="utf-8").splitlines():
             label = json.loads(json.loads(line)["label"])
@@ -273,7 +280,7 @@ def _advantages(group: _Group, replies: list[dict], colour: bool):
         rewards[i, :n] = scores[i][row.step_of_token]
     adv, stats = cdpa_advantages(rewards, mask, group_size=len(ids), step_ids=step_ids)
     outcome, outcome_stats = cdpa_advantages(rewards, mask, group_size=len(ids), mode="outcome", step_ids=step_ids)
-    print(f"[4/6] CDPA      per-token advantages, Eq. 3 (token_position: each token against the group's tokens at "
+    print(f"[4/7] CDPA      per-token advantages, Eq. 3 (token_position: each token against the group's tokens at "
           f"its position); {stats['mean_steps']:.1f} steps per response\n")  # fmt: skip
     for i, row in enumerate(aligned):
         reward = replies[i]["rewards"][0]
@@ -325,7 +332,7 @@ def _trace(path: Path, gateway: str, group: _Group, replies: list[dict], aligned
             "critiques": first_critiques(result),
         }
         append_trace(path, record, max_bytes=16 << 20)
-    print(f"\n[5/6] trace     {path} (critiques read back from the gateway's cache, nothing scored twice); "
+    print(f"\n[5/7] trace     {path} (critiques read back from the gateway's cache, nothing scored twice); "
           f"`cdra traces show {path} --index 0`:\n")  # fmt: skip
     cdra(["traces", "show", str(path), "--index", "0", *([] if colour else ["--no-colour"])])
 
@@ -338,7 +345,7 @@ def _evaluate(servers: _Servers, data: Path, out: Path) -> None:
 
     policy = servers.scripted("policy")
     judge_url = servers.scripted("judge")
-    print(f"\n[6/6] eval      scripted model on {policy} and LLM judge on {judge_url}: `cdra eval generate`, "
+    print(f"\n[6/7] eval      scripted model on {policy} and LLM judge on {judge_url}: `cdra eval generate`, "
           "`judge` and `report` on the held-out split\n")  # fmt: skip
     runs = {}
     for mode in ("zero-shot", "policy"):
@@ -354,3 +361,24 @@ def _evaluate(servers: _Servers, data: Path, out: Path) -> None:
     print("\n".join("  " + line for line in table.splitlines()))
     best = max(result["runs"], key=lambda name: result["runs"][name]["acc_da"])
     print(f"\n  best by Acc_DA: {best}; the radar chart (Fig. 4) is {out / 'report' / 'radar.png'}")
+
+
+def _learn(path: Path, steps: int) -> None:
+    """A few CDPA steps with TRL on a tiny policy against the real gateway (``cdra_plugin.trl.learn``)."""
+    try:
+        from cdra_plugin.trl.learn import TARGET, learning_curve
+    except ImportError as missing:
+        print(f"\n[7/7] learn     skipped: {missing} (pip install 'cdra-plugin[trl]')")
+        return
+    from transformers.utils import logging as hf_logging
+
+    print(f"\n[7/7] learn     a tiny policy trained {steps} steps with CDPA's Eq. 3 advantages (TRL, CPU) against the "
+          f"real gateway; its scripted PRM scores a step +1 when it says {TARGET!r}, else -1\n")  # fmt: skip
+    hf_logging.set_verbosity_error()  # the tiny policy's loading notes are not the demo's news
+    hf_logging.disable_progress_bar()
+    curve = learning_curve("cdpa", steps=steps)
+    path.write_text(json.dumps(curve._asdict(), indent=1), encoding="utf-8")
+    for step, score in enumerate(curve.scores, 1):
+        bar = "█" * round((score + 1) * 20)
+        print(f"  step {step:2d}  mean step score {score:+.2f}  {bar}")
+    print(f"\n  {curve.scores[0]:+.2f} -> {curve.scores[-1]:+.2f} in {curve.seconds:.0f} s ({path})")

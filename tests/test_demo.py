@@ -17,9 +17,9 @@ from cdra_plugin.traces import trace_problem
 SERVER = re.compile(r"http://127\.0\.0\.1:(\d+)")
 
 
-def demo(output, **kwargs) -> subprocess.Popen:
+def demo(output, *options, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "NO_COLOR": "1"}
-    argv = [sys.executable, "-m", "cdra_plugin.cli", "demo", "--output", str(output)]
+    argv = [sys.executable, "-m", "cdra_plugin.cli", "demo", "--output", str(output), *options]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
@@ -29,11 +29,11 @@ def listening(port: int) -> bool:
 
 
 def test_the_demo_runs_every_stage_and_leaves_no_server_behind(tmp_path):
-    proc = demo(tmp_path / "out")
-    out, err = proc.communicate(timeout=240)
+    proc = demo(tmp_path / "out", "--learn-steps", "2")  # tests/test_trl_learning.py checks that it learns
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
-    for stage in ("[1/6] data", "[2/6] servers", "[3/6] rewards", "[4/6] CDPA", "[5/6] trace", "[6/6] eval"):
-        assert stage in out
+    for stage in ("data", "servers", "rewards", "CDPA", "trace", "eval", "learn"):
+        assert re.search(rf"^\[\d/7\] {stage} ", out, re.MULTILINE), stage
     ports = {int(p) for p in SERVER.findall(out)}
     assert len(ports) >= 4 and not any(listening(p) for p in ports)  # PRM, gateway, policy, judge: all stopped
 
@@ -45,6 +45,8 @@ def test_the_demo_runs_every_stage_and_leaves_no_server_behind(tmp_path):
     report = json.loads((tmp_path / "out" / "eval" / "report" / "report.json").read_text())
     assert set(report["runs"]) == {"zero-shot", "policy"}
     assert (tmp_path / "out" / "eval" / "report" / "radar.png").stat().st_size > 0
+    curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
+    assert len(curve["scores"]) == 2 and curve["mode"] == "cdpa"
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -52,7 +54,7 @@ def test_an_interrupt_stops_every_server_in_one_line(tmp_path, signum, code):
     proc = demo(tmp_path / "out")
     lines = []
     deadline = time.monotonic() + 120
-    while not any(line.startswith("[2/6] servers") for line in lines):  # the PRM and the gateway are up
+    while not any(line.startswith("[2/7] servers") for line in lines):  # the PRM and the gateway are up
         assert time.monotonic() < deadline and proc.poll() is None, "".join(lines) + proc.stderr.read()
         lines.append(proc.stdout.readline())
     proc.send_signal(signum)
