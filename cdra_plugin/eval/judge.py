@@ -73,7 +73,8 @@ class AnswerCache:
 
     def __init__(self, path: Path):
         self.path = path
-        self.answers = {row["key"]: row["answer"] for row in resume_rows(path) if "key" in row and "answer" in row}
+        rows = resume_rows(path, required=("key", "answer"), what="a cached answer", hint="is --cache the right file?")
+        self.answers = {row["key"]: row["answer"] for row in rows}
         self._pending: dict[str, asyncio.Future] = {}
         self.hits = 0
 
