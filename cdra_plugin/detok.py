@@ -123,16 +123,16 @@ class ByteLevelTable:
     def gather(self, ids: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
         """For int64 ``ids`` (T,), T >= 1, all < ``vocab_size``: their bytes concatenated, and per id the number of
         bytes and of character-start bytes up to and including it, ``(data, byte_end (T,), char_end (T,))``."""
-        lengths = self.lengths[ids]
+        lengths = self.lengths.take(ids)
         byte_end = np.cumsum(lengths)
-        char_end = np.cumsum(self.char_starts[ids])
+        char_end = np.cumsum(self.char_starts.take(ids))
         total = int(byte_end[-1])
         if len(self._positions) < total:  # kept, not made per call: a fresh array this size costs its page faults
             self._positions = np.arange(2 * total)
         # byte i of the result is blob[i + (source_end - byte_end) of the token holding it]
-        source = np.repeat(self.source_end[ids] - byte_end, lengths)
+        source = np.repeat(self.source_end.take(ids) - byte_end, lengths)
         source += self._positions[:total]
-        return self.blob[source].tobytes(), byte_end, char_end
+        return self.blob.take(source).tobytes(), byte_end, char_end
 
 
 def _lossy(data: bytes, byte_end: np.ndarray, ids: np.ndarray, tokenizer) -> tuple[str, np.ndarray] | None:
@@ -235,16 +235,20 @@ def _decode_group(tokenizer, batch: Sequence, lengths: list[int], first: int) ->
         r = int(np.searchsorted(token_start, at, side="right")) - 1
         where = f"at position {at - int(token_start[r])}"
         raise ValueError(f"response {first + r}: token ids must be >= 0, got {int(ids[at])} {where}")
-    table = _table(tokenizer)
-    if table is not None and len(ids) and int(ids.max()) >= table.vocab_size:
+    table, top = _table(tokenizer), int(ids.max()) if len(ids) else -1
+    if table is not None and top >= table.vocab_size:
         table = _table(tokenizer, rebuild=True)  # tokens may have been added since it was built
     bounds = token_start.tolist()
     texts: list[str | None] = [None] * len(lengths)  # None: the response is decoded alone, below
+    alone = set()  # responses holding an id the table does not know (decode drops it): the generic path
     char_end = np.zeros(0, dtype=np.int64)
     if table is not None and len(ids):
-        unknown = ids >= table.vocab_size  # decode drops such ids: their responses go alone
-        alone = set((np.searchsorted(token_start, np.flatnonzero(unknown), side="right") - 1).tolist())
-        data, byte_end, char_end = table.gather(np.where(unknown, 0, ids) if alone else ids)
+        known = ids
+        if top >= table.vocab_size:
+            unknown = ids >= table.vocab_size
+            alone.update((np.searchsorted(token_start, np.flatnonzero(unknown), side="right") - 1).tolist())
+            known = np.where(unknown, 0, ids)
+        data, byte_end, char_end = table.gather(known)
         cuts = _before(byte_end, token_start).tolist()
         for r in range(len(lengths)):
             if r not in alone:
@@ -256,7 +260,7 @@ def _decode_group(tokenizer, batch: Sequence, lengths: list[int], first: int) ->
     for r in [r for r, text in enumerate(texts) if text is None]:
         a, b = bounds[r], bounds[r + 1]
         result = None
-        if table is not None and a < b and int(ids[a:b].max()) < table.vocab_size:
+        if table is not None and a < b and r not in alone:  # bytes that are not UTF-8
             result = _lossy(data[cuts[r] : cuts[r + 1]], byte_end[a:b] - cuts[r], ids[a:b], tokenizer)
         texts[r], own_ends[r] = result or _generic(tokenizer, ids[a:b].tolist())
     text_start = np.concatenate([[0], np.cumsum([len(t) for t in texts], dtype=np.int64)])

@@ -65,7 +65,6 @@ letter or digit per marker; time is linear in the text length and any Unicode is
     [(0, 27, 'Step 1:'), (27, 57, '**Step 2:**')]
 """
 
-import itertools
 import re
 from typing import NamedTuple
 
@@ -129,12 +128,11 @@ def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
     kept = [m for m, stop in zip(found, stops, strict=False) if _CONTENT.search(text, m[1], stop)][:max_steps]
     if not kept:
         return [Step(0, 0, len(text), 0, "")]
+    if _CONTENT.search(text, 0, kept[0][0]):  # a preamble joins step 1: body_start 0 so the PRM sees it
+        kept[0] = (0, 0, kept[0][2])
     starts = [0] + [line for line, _, _ in kept[1:]]
     ends = starts[1:] + [len(text)]
-    steps = [Step(k, starts[k], ends[k], body, marker) for k, (_, body, marker) in enumerate(kept)]
-    if _CONTENT.search(text, 0, kept[0][0]):  # a preamble joins step 1: body_start 0 so the PRM sees it
-        steps[0] = steps[0]._replace(body_start=0)
-    return steps
+    return list(map(Step._make, [(k, starts[k], ends[k], body, marker) for k, (_, body, marker) in enumerate(kept)]))
 
 
 def _content_end(text: str) -> int:
@@ -150,16 +148,25 @@ def _content_end(text: str) -> int:
 
 def _markers(text: str, end: int) -> list[tuple[int, int, str]]:
     """``(line start, body start, marker)`` of every marker line in ``text[:end]`` outside fenced code blocks."""
+    found, fence = [], None  # fence: the opening fence of the code block the scan is in
     first = _FIRST_LINE.match(text, 0, end)
-    later = _LATER_LINE.finditer(text, 0, end)
-    found, fence = [], None  # fence: the opening fence of the code block we are in
-    for match in itertools.chain([first], later) if first is not None else later:
-        if match.lastgroup != "info":  # a marker line; a later line's match begins at the "\n" before it
-            if fence is None:
-                found.append((match.start() + (match.re is _LATER_LINE), match.end(), match.group().strip()))
+    if first is not None:
+        if first.lastgroup == "info":
+            fence = _fence_after(first, None)
+        else:
+            found.append((0, first.end(), first.group().strip()))
+    for match in _LATER_LINE.finditer(text, 0, end):  # a match begins at the "\n" before its line
+        if match.lastgroup == "info":
+            fence = _fence_after(match, fence)
         elif fence is None:
-            if match["fence"][0] == "~" or "`" not in match["info"]:  # a backtick fence's info has no backtick
-                fence = match["fence"]
-        elif match["fence"][0] == fence[0] and len(match["fence"]) >= len(fence) and not match["info"].strip(" \t\r"):
-            fence = None
+            found.append((match.start() + 1, match.end(), match.group().strip()))
     return found
+
+
+def _fence_after(match: re.Match, fence: str | None) -> str | None:
+    """The open fence after the fence line ``match``: the line opens a block, closes ``fence``, or is inside it."""
+    line_fence, info = match["fence"], match["info"]
+    if fence is None:  # a backtick fence's info string has no backtick
+        return line_fence if line_fence[0] == "~" or "`" not in info else None
+    closes = line_fence[0] == fence[0] and len(line_fence) >= len(fence) and not info.strip(" \t\r")
+    return None if closes else fence
