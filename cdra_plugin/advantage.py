@@ -1,7 +1,7 @@
 """CDPA advantage estimators: paper Section 2.4 Eq. 3, Appendix D's process and outcome supervision.
 
 ``cdpa_advantages(token_rewards, action_mask, group_size, mode, eps)`` turns per-token rewards r_{i,t} = r_i^j
-(the PRM score of the step holding token t, see ``cdra_plugin.steps``) into per-token advantages A_{i,t}.
+(the PRM score of the step holding token t, see ``cdra_plugin.align``) into per-token advantages A_{i,t}.
 Rows ``g*G .. (g+1)*G - 1`` of the (B, T) batch are the G responses to prompt g. Pure torch, CPU or CUDA, no
 Python loop over tokens or responses, float32 at least inside (float64 stays float64).
 
@@ -29,7 +29,7 @@ Conventions, shared by all modes:
 - A row whose ``action_mask`` is all zero (a dropped sample, e.g. a failed PRM call) takes no part: its
   advantages are zero and it counts in no mean or std. Masked positions get A = 0; their rewards and step ids are
   never read, so they may hold anything (NaN included). A non-finite reward at a valid position is an error.
-- ``step_ids`` (B, T) long gives the step index of each token (``cdra_plugin.steps.token_step_ids``). A step is a
+- ``step_ids`` (B, T) long gives the step index of each token (``cdra_plugin.align.align_steps``). A step is a
   (row, step id) pair with at least one valid token; its score is the reward of its tokens, which must all be
   equal (r_{i,t} = r_i^j), else ValueError. Step ids need not be contiguous or sorted; they index a (B, max id + 1)
   table, so they must be small non-negative integers. Required by every mode but ``token_position``.
@@ -165,7 +165,7 @@ def _check(token_rewards, action_mask, group_size, mode, eps, step_ids, outcome_
     if outcome_aggregation not in OUTCOME_AGGREGATIONS:
         raise ValueError(f"outcome_aggregation must be one of {OUTCOME_AGGREGATIONS}, got {outcome_aggregation!r}")
     if mode != "token_position" and step_ids is None:
-        raise ValueError(f"mode {mode!r} needs step_ids (B, T): the step index of each token (steps.token_step_ids)")
+        raise ValueError(f"mode {mode!r} needs step_ids (B, T): the step index of each token (align.align_steps)")
     if not token_rewards.dtype.is_floating_point:
         raise TypeError(f"token_rewards must be a floating-point tensor, got {token_rewards.dtype}")
     if token_rewards.dim() != 2 or action_mask.shape != token_rewards.shape:

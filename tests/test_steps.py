@@ -3,6 +3,8 @@ steps, fenced code, trailing end-of-sequence texts), linear time, and the gatewa
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,17 @@ def assert_tiles(text: str, steps: list[Step]) -> None:
             assert s.body_start == s.start
         if s.marker and s.body_start > s.start:
             assert s.marker in text[s.start : s.body_start]
+
+
+def test_segmentation_and_the_carrier_load_neither_torch_nor_numpy():
+    # the gateway segments and encodes the carrier; it must start without the trainer's stack
+    code = (
+        "import sys, cdra_plugin.steps, cdra_plugin.carrier; "
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"
 
 
 def test_corpus_is_large_and_varied():
