@@ -72,16 +72,29 @@ class _Normalised(NamedTuple):
     flat: torch.Tensor  # bool per set (keepdim): >= 2 members, sigma = 0 (all equal)
 
 
+def _count_and_first(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members per set along dim 1 (in ``values``' dtype) and the first valid value of each set (entry 0 when
+    none), both keepdim. Byte arithmetic instead of ``sum``/``argmax`` on the bool mask: those upcast it to int64
+    or scan a strided middle dim, and cost as much as the rest of Eq. 3 on the CPU (``scripts/bench_advantage.py``).
+    The first valid entry is the one with the largest weight k, k - 1, ..., 1.
+    """
+    k = valid.shape[1]
+    mask = valid.view(torch.uint8) if k < 256 else valid.long()  # a uint8 sum of k < 256 ones cannot overflow
+    weights = torch.arange(k, 0, -1, dtype=mask.dtype, device=valid.device).view((1, k) + (1,) * (valid.dim() - 2))
+    count = mask.sum(1, keepdim=True, dtype=mask.dtype).to(values.dtype)
+    first = k - (mask * weights).amax(1, keepdim=True).long()
+    return count, values.gather(1, first.clamp_(max=k - 1))
+
+
 def _group_normalise(values: torch.Tensor, valid: torch.Tensor, eps: float, rtol: float = 0.0) -> _Normalised:
     """Normalise ``values`` over dim 1 among the ``valid`` entries (others may hold anything, NaN included).
 
     Values are shifted by the first member of their set before the sums, so a set of equal values has sigma exactly
     0 (no rounding residue) and the one-pass variance is well conditioned (|shifted value| <= spread of the set).
     """
-    count = valid.sum(1, keepdim=True).to(values.dtype)
-    first = valid.to(torch.uint8).argmax(1, keepdim=True)  # the first valid entry (entry 0 when none)
-    ref = values.gather(1, first)
-    c = torch.where(valid, values - ref, 0)
+    invalid = ~valid
+    count, ref = _count_and_first(values, valid)
+    c = (values - ref).masked_fill_(invalid, 0)
     s1 = c.sum(1, keepdim=True)
     s2 = (c * c).sum(1, keepdim=True)
     if not math.isfinite(float(s2.sum())):  # a NaN/Inf anywhere in a set makes its sum of squares non-finite
@@ -89,8 +102,8 @@ def _group_normalise(values: torch.Tensor, valid: torch.Tensor, eps: float, rtol
     mean = s1 / count.clamp(min=1)
     sigma = ((s2 - s1 * mean) / (count - 1).clamp(min=1)).clamp(min=0).sqrt()
     flat = (sigma <= rtol * ref.abs().clamp(min=1) if rtol else sigma == 0) & (count >= 2)
-    takes_part = valid & (count >= 2) & ~flat  # a lone or flat set gives A = 0
-    z = torch.where(takes_part, (c - mean) / (sigma + eps), 0)
+    left_out = invalid | (count < 2) | flat  # a lone or flat set gives A = 0
+    z = c.sub_(mean).div_(sigma + eps).masked_fill_(left_out, 0)  # in place: c is not needed any more
     return _Normalised(z, count, flat)
 
 
@@ -218,7 +231,7 @@ def cdpa_advantages(
         adv = _step_modes(steps, n_groups, mode, eps, stats)  # 0 where the mask is 0
 
     valid_tokens = torch.count_nonzero(m)
-    rows_valid = m.any(1)
+    rows_valid = m.view(torch.uint8).amax(1) > 0 if m.shape[1] else m.any(1)  # amax: ~30x faster than any(1)
     stats["zero_adv_token_frac"] = _frac(valid_tokens - torch.count_nonzero(adv), valid_tokens)
     stats["dropped_response_frac"] = _frac((~rows_valid).sum(), rows_valid.numel())
     if outcome is not None:
