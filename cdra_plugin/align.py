@@ -71,7 +71,8 @@ def _step_of_token(group: DecodedGroup, all_steps: list[list[Step]]) -> list[tor
     ends, token_start = group.ends, group.token_start
     counts = [len(steps) for steps in all_steps]
     first = list(itertools.accumulate(counts, initial=0))  # first[r]: row of response r's step 0
-    edges = token_start[np.repeat(np.arange(len(counts)), counts)]  # step 0 of each response: its first token
+    response = np.repeat(np.arange(len(counts)), counts)  # the response of each step
+    edges = token_start[response]  # where each step's tokens begin: step 0 at its response's first token
     later = np.ones(first[-1], dtype=bool)
     later[first[:-1]] = False
     if later.any():
@@ -80,8 +81,8 @@ def _step_of_token(group: DecodedGroup, all_steps: list[list[Step]]) -> list[tor
         holder = np.searchsorted(ends, chars, side="right")  # a later step starts inside its text: holder < N
         straddles = np.where(holder > 0, ends[holder - 1], 0) < chars
         after = np.searchsorted(ends, ends[holder], side="right")
-        response_end = np.repeat(token_start[1:], np.array(counts) - 1)
+        response_end = token_start[1:][response[later]]
         edges[later] = np.where(straddles, np.minimum(after, response_end), holder)
-    local = np.fromiter(itertools.chain.from_iterable(map(range, counts)), dtype=np.int64, count=first[-1])
+    local = np.arange(first[-1]) - np.asarray(first)[response]  # each step's index in its response
     ids = np.repeat(local, np.diff(edges, append=len(ends)))
     return list(torch.from_numpy(ids).split(np.diff(token_start).tolist()))

@@ -151,12 +151,12 @@ def _markers(text: str, end: int) -> list[tuple[int, int, str]]:
     found, fence = [], None  # fence: the opening fence of the code block the scan is in
     first = _FIRST_LINE.match(text, 0, end)
     if first is not None:
-        if first.lastgroup == "info":
+        if first["fence"]:
             fence = _fence_after(first, None)
         else:
             found.append((0, first.end(), first.group().strip()))
     for match in _LATER_LINE.finditer(text, 0, end):  # a match begins at the "\n" before its line
-        if match.lastgroup == "info":
+        if match["fence"]:
             fence = _fence_after(match, fence)
         elif fence is None:
             found.append((match.start() + 1, match.end(), match.group().strip()))
