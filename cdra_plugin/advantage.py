@@ -102,8 +102,8 @@ def _group_normalise(values: torch.Tensor, valid: torch.Tensor, eps: float, rtol
     mean = s1 / count.clamp(min=1)
     sigma = ((s2 - s1 * mean) / (count - 1).clamp(min=1)).clamp(min=0).sqrt()
     flat = (sigma <= rtol * ref.abs().clamp(min=1) if rtol else sigma == 0) & (count >= 2)
-    left_out = invalid | (count < 2) | flat  # a lone or flat set gives A = 0
-    z = c.sub_(mean).div_(sigma + eps).masked_fill_(left_out, 0)  # in place: c is not needed any more
+    scale = (sigma + eps).reciprocal_().masked_fill_((count < 2) | flat, 0)  # a lone or flat set gives A = 0
+    z = c.sub_(mean).mul_(scale).masked_fill_(invalid, 0)  # in place: c is not needed any more
     return _Normalised(z, count, flat)
 
 
