@@ -33,9 +33,10 @@ Rules, and why:
   is one step (the answer label is not at the start of the line).
 - Empty steps are not steps. A step whose content (from the end of its marker to the next marker, or to the end of
   the response) has no letter or digit in any script (blank, or only punctuation, markdown or emoji) does not
-  count: its marker is read as plain text, so its characters join the step before it, or, when no step comes
-  before it, the step after it, like a preamble. Otherwise a policy rewarded per step would learn to print bare
-  markers. Emptiness is judged per marker on the original text, so consecutive empty steps all go.
+  count: its characters join the step before it, or, when no step comes before it, the step after it (they are
+  then part of that step but not of its body: they have no content). Otherwise a policy rewarded per step would
+  learn to print bare markers. Emptiness is judged per marker on the original text, so consecutive empty steps all
+  go. When no step has content, the last marker opens the response's only step (its body has no content either).
 - Markers inside fenced code blocks are not markers (CommonMark's basic rule): a line indented by at most 3
   spaces that starts with 3 or more backticks or tildes opens a fence (a backtick fence's info string may not
   contain a backtick); a line of at least as many of the same character, indented by at most 3 spaces and followed
@@ -47,10 +48,10 @@ Rules, and why:
   with the EOS token, the gateway the response it received with such tokens stripped.
 - Text before the first marker (a preamble such as "Sure! Let me think.") joins step 1, so the PRM sees it as part
   of step 1 and its tokens get step 1's score. Then step 1 has ``start == body_start == 0`` (its body is the
-  preamble and the whole first marked step, marker line included) and ``marker`` is the first marker's text.
-  Text before the first marker with no letter or digit is not a preamble.
-- A response without markers (or with only empty steps) is one step (``marker == ""``, ``body_start == 0``); the
-  empty response is ``[Step(0, 0, 0, 0, "")]``.
+  preamble and the whole first marked step, marker line included) and ``marker`` is the marker's text. Text before
+  the first marker with no letter or digit is not a preamble (empty steps before step 1 are not either).
+- A response without markers is one step (``marker == ""``, ``body_start == 0``); the empty response is
+  ``[Step(0, 0, 0, 0, "")]``.
 - Steps tile the text: a step starts at the beginning of its marker's line (indentation included) and ends where
   the next one starts, so the line break before a marker line belongs to the previous step.
 - ``max_steps`` (the carrier width, see ``cdra_plugin.carrier``) merges steps ``max_steps - 1 ...`` into one last
@@ -126,9 +127,11 @@ def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
     stops = [line for line, _, _ in found[1:]] + [end]  # where each marker's content ends
     # a marker opens a step only when its content has a letter or digit
     kept = [m for m, stop in zip(found, stops, strict=False) if _CONTENT.search(text, m[1], stop)][:max_steps]
-    if not kept:
+    if not found:
         return [Step(0, 0, len(text), 0, "")]
-    if _CONTENT.search(text, 0, kept[0][0]):  # a preamble joins step 1: body_start 0 so the PRM sees it
+    if not kept:  # no step has content: the last marker opens the only one
+        kept = [found[-1]]
+    if _CONTENT.search(text, 0, found[0][0]):  # a preamble joins step 1's body, so the PRM sees it
         kept[0] = (0, 0, kept[0][2])
     starts = [0] + [line for line, _, _ in kept[1:]]
     ends = starts[1:] + [len(text)]

@@ -110,12 +110,21 @@ def test_empty_steps_join_the_step_before_them():
     assert steps[1].body(text) == "a library.\nStep 5: ---"
 
 
-def test_an_empty_first_step_is_preamble_of_the_next():
+def test_an_empty_first_step_joins_the_next_but_not_its_body():
     text = "Step 1:\n\nStep 2: likes quiet.\nStep 3: a library."
     steps = segment_steps(text)
-    cut = text.index("Step 3")
-    assert [(s.start, s.body_start, s.marker) for s in steps] == [(0, 0, "Step 2:"), (cut, cut + 7, "Step 3:")]
-    assert steps[0].body(text) == "Step 1:\n\nStep 2: likes quiet."
+    two, three = text.index("Step 2") + 7, text.index("Step 3")
+    assert [(s.start, s.body_start, s.marker) for s in steps] == [(0, two, "Step 2:"), (three, three + 7, "Step 3:")]
+    assert steps[0].body(text) == "likes quiet."
+    text = "Sure.\nStep 1:\nStep 2: likes quiet."  # a preamble with content still joins the body
+    assert segment_steps(text) == [Step(0, 0, len(text), 0, "Step 2:")]
+
+
+def test_without_any_content_the_last_marker_opens_the_only_step():
+    for text in ("Step 1:\nStep 2:", "Step 1: --\n**Final answer:** 🙂", "Step 1:\nStep 2:<|im_end|>"):
+        (step,) = segment_steps(text)
+        assert step.start == 0 and step.end == len(text) and step.marker in ("Step 2:", "**Final answer:**")
+        assert not re.search(r"[^\W_]", step.body(text).replace("<|im_end|>", ""))
 
 
 def test_empty_steps_do_not_count_against_max_steps():
@@ -260,12 +269,13 @@ def reference_segment(text: str, max_steps: int | None) -> list[Step]:
         if _CONTENT_CHAR.search(content[body:stop]):
             kept.append(markers[k])
     kept = kept[:max_steps]
-    if not kept:
+    if not markers:
         return [Step(0, 0, len(text), 0, "")]
+    kept = kept or markers[-1:]  # no step has content: the last marker opens the only one
     starts = [0] + [m[0] for m in kept[1:]]
     stops = starts[1:] + [len(text)]
     steps = [Step(k, starts[k], stops[k], m[1], m[2]) for k, m in enumerate(kept)]
-    if _CONTENT_CHAR.search(text[: kept[0][0]]):
+    if _CONTENT_CHAR.search(text[: markers[0][0]]):  # the text of empty steps is not a preamble
         steps[0] = steps[0]._replace(body_start=0)
     return steps
 
