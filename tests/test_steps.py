@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdra_plugin.align import align_steps
-from cdra_plugin.prm.scoring import strip_end_tokens
-from cdra_plugin.prompts import DEFAULT_END_TOKENS
+from cdra_plugin.prompts import DEFAULT_END_TOKENS, strip_end_tokens
 from cdra_plugin.steps import _MARKER_LINE, Step, segment_steps
 
 CORPUS = [json.loads(line) for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open(encoding="utf-8")]

@@ -1,8 +1,8 @@
 """CDPA inside TRL's GRPOTrainer on a CPU: a tiny policy learns from a scripted PRM through the real gateway.
 
-Every batch the trainer trains on is checked against a reference built here by the per-response path
-(``decode_with_offsets`` -> ``segment_steps`` -> ``token_step_ids``, step scores from the PRM's rule, never from the
-trainer) and ``cdpa_advantages``: the per-token advantages TRL's loss receives must be exactly those.
+Every batch the trainer trains on is checked against a reference built here response by response (``align_steps``
+on a batch of one, step scores from the PRM's rule, never from the trainer) and ``cdpa_advantages``: the per-token
+advantages TRL's loss receives must be exactly those.
 """
 
 import re
@@ -17,8 +17,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from cdra_plugin.advantage import cdpa_advantages  # noqa: E402
-from cdra_plugin.detok import decode_with_offsets  # noqa: E402
-from cdra_plugin.steps import segment_steps, token_step_ids  # noqa: E402
+from cdra_plugin.align import align_steps  # noqa: E402
 from cdra_plugin.testing import ScriptedRequest  # noqa: E402
 from cdra_plugin.trl.learn import MODES, TARGET, G, build_policy, judge, learning_curve  # noqa: E402
 from cdra_plugin.trl.reward import GatewayReward  # noqa: E402
@@ -61,11 +60,9 @@ def reference(tokenizer, batch, *, fails_on: str | None = None):
     rewards, valid = torch.zeros(ids.shape), torch.zeros(ids.shape, dtype=torch.bool)
     step_ids, r_dense = torch.zeros(ids.shape, dtype=torch.long), torch.zeros(ids.shape[0])
     for i in range(ids.shape[0]):
-        text, offsets = decode_with_offsets(tokenizer, ids[i, mask[i]].tolist())
-        steps = segment_steps(text, max_steps=8)
+        ((text, steps, of_token),) = align_steps(tokenizer, [ids[i, mask[i]].tolist()], max_steps=8)
         bodies = [s.body(text) for s in steps]
         scores = torch.tensor([1.0 if re.search(rf"\b{TARGET}\b", b, re.I) else -1.0 for b in bodies])
-        of_token = token_step_ids(offsets, steps)
         n = len(of_token)
         rewards[i, :n], step_ids[i, :n], r_dense[i] = scores[of_token], of_token, scores.sum()
         valid[i, :n] = not (fails_on and any(fails_on in b for b in bodies))
