@@ -224,14 +224,19 @@ def prm_target(critique: str, score: float) -> str:
 
 
 def strip_end_tokens(text: str, end_tokens: Sequence[str] = DEFAULT_END_TOKENS) -> str:
-    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it."""
-    stripped = text
+    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it.
+
+    ``text`` itself when it ends in no such token. Moves an end index instead of slicing, so a response made of
+    thousands of end tokens costs linear time.
+    """
+    end, stripped = len(text), False
     while True:
-        trimmed = stripped.rstrip()
-        token = next((t for t in end_tokens if t and trimmed.endswith(t)), None)
+        while end and text[end - 1].isspace():
+            end -= 1
+        token = next((t for t in end_tokens if t and text.endswith(t, 0, end)), None)
         if token is None:
-            return trimmed if stripped is not text else text
-        stripped = trimmed[: -len(token)]
+            return text[:end] if stripped else text
+        end, stripped = end - len(token), True
 
 
 def _answer_lines(text: str) -> list[str]:
