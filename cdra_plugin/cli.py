@@ -9,9 +9,8 @@ cdra traces show traces.jsonl
 
 import argparse
 import sys
-import warnings
 
-from cdra_plugin import __version__
+from cdra_plugin import __version__, demo, silence_pynvml_notice
 from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
 from cdra_plugin.eval import cli as eval_cli
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cdra-plugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo.add_parser(subparsers)
     data_cli.add_parser(subparsers)
     build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # OpenRLHF requires the deprecated `pynvml` package, whose import hook warns on every `import torch`: a note
-    # about the host's packaging that no cdra user can act on. Only that one warning is silenced.
-    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
+    silence_pynvml_notice()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

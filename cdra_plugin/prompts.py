@@ -6,6 +6,8 @@
   preference P, the query q, the preceding steps as context and the step j under judgement (Eq. 1,
   (P, q, tau<=j) -> (c_j, r_j)). The PRM SFT data and the gateway build it with the same function (``prm_prompt``),
   so training and serving see the same text.
+- ``SCORING_BUDGET``/``SCORING_SCALE``: the passages Fig. 15 shares word for word with Fig. 12 (the evaluator that
+  annotates DeepPref, ``cdra_plugin.build.prompts``): written once, both prompts are built from them.
 - ``prm_target``/``parse_score``: the PRM answers "Reasoning: <critique>" then a final line "SCORE: <r>" (Fig. 15
   items 4-6). Figure 15 also asks to wrap the answer in ``<|im_start|>``/``<|im_end|>``; the chat template already
   does that, and writing the tags as text would put special tokens inside the SFT target, so they are left out.
@@ -71,15 +73,14 @@ Step N: [Final recommendation that addresses both the Bengal cat interest and sh
 Now, please respond to the following user query using this step-by-step approach:
 User Preference: {preference} Question: {question}"""
 
-PRM_TEMPLATE = """\
-You are a master evaluator of reasoning, known for your critical and discerning judgment. Your task is to assign a \
-precise score based on how well it infers an implicit user preference. You are famously tough but fair. You have a \
-limited "budget" for high scores. A score of 0.9 or higher is reserved for truly exceptional, rare insights. You must \
-use the full range of the scale to create meaningful differentiation between good, great, and brilliant ideas. Avoid \
-clustering scores.
+# Figs. 12 (the evaluator that annotates DeepPref: cdra_plugin.build.prompts) and 15 (the PRM trained on those
+# annotations) print these two passages word for word; both prompts are built from them.
+SCORING_BUDGET = """\
+You are famously tough but fair. You have a limited "budget" for high scores. A score of 0.9 or higher is reserved \
+for truly exceptional, rare insights. You must use the full range of the scale to create meaningful differentiation \
+between good, great, and brilliant ideas. Avoid clustering scores."""
 
-You will be given a user's question, their preferences, and a model's thinking step.
-
+SCORING_SCALE = """\
 1. Analyze the Explicit-Implicit Leap: The primary criterion is the quality of the inference. Does the "New Thought" \
 make a creative, plausible, and non-obvious leap from what is stated to what is implied?
 2. Consider Alternatives (Forced Comparison): Before scoring, mentally compare this "New Thought" to other plausible \
@@ -103,7 +104,20 @@ unhelpful and slightly misguided.
  - -0.4 to -0.69 (Misaligned Inference): The thought demonstrates a misunderstanding of the user's explicit \
 preference or proposes something that is clearly not aligned with their goals.
  - -0.7 to -1.0 (Contradictory/Harmful): The thought makes an illogical inference that directly contradicts the \
-user's stated profile, or it could lead to a harmful or nonsensical recommendation.
+user's stated profile, or it could lead to a harmful or nonsensical recommendation."""
+
+PRM_TEMPLATE = (
+    """\
+You are a master evaluator of reasoning, known for your critical and discerning judgment. Your task is to assign a \
+precise score based on how well it infers an implicit user preference. """
+    + SCORING_BUDGET
+    + """
+
+You will be given a user's question, their preferences, and a model's thinking step.
+
+"""
+    + SCORING_SCALE
+    + """
 4. Provide your step-by-step critique after 'Reasoning:' and a score from -1.0 to 1.0 after 'SCORE:'.
 5. Enclose the entire response in <|im_start|> and <|im_end|> tags.
 6. Example: <|im_start|> Reasoning: This is a good inference. SCORE: [your_score]<|im_end|>
@@ -114,6 +128,7 @@ Previous Steps:
 {previous_steps}
 New Thought to Evaluate:
 {current_step}"""
+)
 
 # End-of-turn token texts a decoded response may end with (OpenRLHF decodes with special tokens kept); they are
 # stripped from the step text the PRM judges.
@@ -209,14 +224,19 @@ def prm_target(critique: str, score: float) -> str:
 
 
 def strip_end_tokens(text: str, end_tokens: Sequence[str] = DEFAULT_END_TOKENS) -> str:
-    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it."""
-    stripped = text
+    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it.
+
+    ``text`` itself when it ends in no such token. Moves an end index instead of slicing, so a response made of
+    thousands of end tokens costs linear time.
+    """
+    end, stripped = len(text), False
     while True:
-        trimmed = stripped.rstrip()
-        token = next((t for t in end_tokens if t and trimmed.endswith(t)), None)
+        while end and text[end - 1].isspace():
+            end -= 1
+        token = next((t for t in end_tokens if t and text.endswith(t, 0, end)), None)
         if token is None:
-            return trimmed if stripped is not text else text
-        stripped = trimmed[: -len(token)]
+            return text[:end] if stripped else text
+        end, stripped = end - len(token), True
 
 
 def _answer_lines(text: str) -> list[str]:

@@ -99,8 +99,8 @@ PY
   "${PIP[@]}" openrlhf==0.11.2 torch==2.13.0
 fi
 
-say "installing cdra-plugin (editable) with test extras"
-"${PIP[@]}" --no-build-isolation -e "$REPO_DIR[test]" $([[ "$DEVICE" == cpu ]] && echo torch==2.13.0)
+say "installing cdra-plugin (editable) with the test and trl extras"
+"${PIP[@]}" --no-build-isolation -e "$REPO_DIR[test,trl]" $([[ "$DEVICE" == cpu ]] && echo torch==2.13.0)
 
 if [[ "$DEVICE" == cpu ]]; then
   # A later install can pull these back; remove them every time (DESIGN.md step 5).

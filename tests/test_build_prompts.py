@@ -1,8 +1,11 @@
 """The council's prompts (paper Figs. 11-13, Appendix E personas) and the strict score parsers of `cdra build`."""
 
+from pathlib import Path
+
 import pytest
 
 from cdra_plugin.build.prompts import (
+    NODE_SCORE_TEMPLATE,
     PERSONAS,
     Unparsable,
     answer_prompt,
@@ -14,6 +17,7 @@ from cdra_plugin.build.prompts import (
     parse_path_score,
     path_score_prompt,
 )
+from cdra_plugin.prompts import SCORING_BUDGET, SCORING_SCALE
 
 
 def test_personas_are_the_papers_five_with_their_descriptions():
@@ -45,6 +49,12 @@ def test_fig11_follow_up_shows_the_path_from_the_question():
     assert 'User Preference: "P {question} P" Current Thought Path to Deepen: "Initial Question: Q?\n' in prompt
     assert 'Step 1: first\nStep 2: second"\nBased on the path so far, generate a single, new, insightful' in prompt
     assert prompt.endswith("4. Building logically upon the previous deductions")
+
+
+def test_fig12_template_is_unchanged_by_sharing_its_scoring_text_with_fig_15():
+    before = Path(__file__).parent / "assets" / "prompts" / "fig12_node_score.txt"
+    assert NODE_SCORE_TEMPLATE == before.read_text(encoding="utf-8")
+    assert NODE_SCORE_TEMPLATE.count(SCORING_BUDGET) == NODE_SCORE_TEMPLATE.count(SCORING_SCALE) == 1
 
 
 def test_fig12_and_fig13_prompts_carry_their_fields_and_format_lines():

@@ -155,8 +155,8 @@ def test_an_empty_response_gets_the_bottom_of_the_scale_without_a_prm_call(aggre
             assert len(llm.requests) == 1  # only the real content went to the PRM
     logs = out["extra_logs"]
     assert logs["prm_empty"] == [1.0, 1.0, 1.0, 1.0, 0.0]
-    assert logs["cdpa_num_steps"] == [1.0, 1.0, 1.0, 2.0, 1.0]  # the trainer's segmentation of the same text
-    assert logs["cdpa_step_00"] == [-1.0, -1.0, -1.0, -1.0, 0.9] and logs["cdpa_step_01"][3] == -1.0
-    expected = [-1.0, -1.0, -1.0, -1.0 if aggregation == "length_mean" else -2.0, 0.9]
+    assert logs["cdpa_num_steps"] == [1.0, 1.0, 1.0, 1.0, 1.0]  # marker-only steps are not steps
+    assert logs["cdpa_step_00"] == [-1.0, -1.0, -1.0, -1.0, 0.9] and logs["cdpa_step_01"][3] == 0.0
+    expected = [-1.0, -1.0, -1.0, -1.0, 0.9]
     assert out["rewards"] == pytest.approx(expected)
     assert "cdra_prm_empty_responses_total 4.0" in metrics

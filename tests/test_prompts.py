@@ -2,6 +2,7 @@
 contract (the score on the final line only, a plain number in [-1, 1], never clipped)."""
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,8 @@ from cdra_plugin.prompts import (
     POLICY_TEMPLATE,
     PRM_TEMPLATE,
     QUOTE,
+    SCORING_BUDGET,
+    SCORING_SCALE,
     SPECIAL_TOKEN,
     fill,
     neutralize,
@@ -23,6 +26,7 @@ from cdra_plugin.prompts import (
 )
 
 FIG15_HEAD = PRM_TEMPLATE.split("Here is the content to critique:\n")[0]
+PROMPTS = Path(__file__).parent / "assets" / "prompts"  # the templates as they were before their parts were shared
 
 
 def test_policy_prompt_is_figure_14_with_fields_filled():
@@ -31,6 +35,12 @@ def test_policy_prompt_is_figure_14_with_fields_filled():
     assert text.endswith("User Preference: I dislike {spicy} food Question: Where should I eat? {question}")
     assert "Step N: [Provide your final, actionable answer that aligns with all identified preferences]" in text
     assert POLICY_TEMPLATE.count("{preference}") == 1
+
+
+def test_prm_template_is_unchanged_by_sharing_fig_12s_scoring_text():
+    assert PRM_TEMPLATE == (PROMPTS / "fig15_prm.txt").read_text(encoding="utf-8")
+    assert PRM_TEMPLATE.count(SCORING_BUDGET) == PRM_TEMPLATE.count(SCORING_SCALE) == 1
+    assert SCORING_SCALE.startswith("1. Analyze the Explicit-Implicit Leap") and SCORING_BUDGET.endswith("scores.")
 
 
 def test_prm_prompt_is_figure_15_with_the_steps_quoted():

@@ -16,6 +16,12 @@ import sys
 from pathlib import Path
 
 from cdra_plugin.build.prompts import PERSONAS, Persona
+from cdra_plugin.endpoint import Endpoint
+
+# Each role has its own URL, model, key, sampling and concurrency; the other client options are shared.
+ROLE_OPTIONS = ("api_key", "temperature", "max_tokens", "concurrency")
+GENERATOR = Endpoint("--generator", "--generator-model", "the generator", own=ROLE_OPTIONS)
+EVALUATOR = Endpoint("--evaluator", "--evaluator-model", "the evaluator", own=ROLE_OPTIONS)
 
 EPILOG = """\
 the tree (paper Appendix E; defaults K=5, b=2, D=4, X=0.4, k=2 give trees like Fig. 16 with about 34 calls):
@@ -51,25 +57,18 @@ def add_parser(subparsers) -> None:
     )
     g.add_argument("--limit", type=int, metavar="N", help="build only the first N distinct pairs of the input")
     g.add_argument("--retry-skipped", action="store_true", help="rebuild scenarios a previous run skipped")
-    roles = (("generator", 0.8, 512, "a thought or an answer"), ("evaluator", 0.0, 1024, "a critique and its score"))
-    for role, temperature, tokens, output in roles:
-        g = p.add_argument_group(role)
-        g.add_argument(f"--{role}", required=True, metavar="URL[,URL...]", help="OpenAI-compatible base URL(s)")
-        g.add_argument(f"--{role}-model", required=True, metavar="NAME", help="model name the server serves")
-        g.add_argument(f"--{role}-api-key-env", metavar="VAR", help="environment variable holding its API key")
-        g.add_argument(f"--{role}-temperature", type=float, default=temperature, metavar="T",
-                       help=f"sampling temperature (default {temperature:g})")  # fmt: skip
-        g.add_argument(f"--{role}-max-tokens", type=int, default=tokens, metavar="N",
-                       help=f"longest {output}, in tokens (default {tokens})")  # fmt: skip
-        g.add_argument(f"--{role}-concurrency", type=int, default=64, metavar="N",
-                       help="calls in flight per URL (default 64)")  # fmt: skip
+    for role, temperature, max_tokens, output in (
+        (GENERATOR, 0.8, 512, "one thought or answer"),
+        (EVALUATOR, 0.0, 1024, "one critique and its score"),
+    ):
+        g = p.add_argument_group(role.what.removeprefix("the "))
+        role.add_endpoint(g)
+        role.add_options(g, role.own, {"max_tokens": f"length limit of {output}, in tokens"},
+                         temperature=temperature, max_tokens=max_tokens)  # fmt: skip
     g = p.add_argument_group("calls (both roles)")
-    g.add_argument("--prompt-format", choices=["chat", "completion"], default="chat",
-                   help="chat: one user message (default); completion: raw text")  # fmt: skip
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
-    g.add_argument("--retries", type=int, default=3, help="retries of a failed or unparsable call (default 3)")
-    g.add_argument("--backoff", type=float, default=0.5, help="base of the exponential backoff, s (default 0.5)")
-    g.add_argument("--backoff-max", type=float, default=8.0, help="cap of one backoff wait, s (default 8)")
+    GENERATOR.add_options(  # not among ROLE_OPTIONS: spelt without the role, read by both
+        g, ("prompt_format", "timeout", "retries", "backoff", "backoff_max"), timeout=120.0
+    )
     g.add_argument("--skip-health-check", action="store_true", help="do not probe GET /v1/models before building")
     g = p.add_argument_group("tree (Appendix E)")
     g.add_argument("--personas", default=None, metavar="NAMES|FILE.json",
@@ -129,25 +128,6 @@ def _optional(value: str, option: str, kind):
         raise ValueError(f"{option}: expected a number or 'off', got {value!r}") from None
 
 
-def _client(args, role: str):
-    from cdra_plugin.llm import LLMClient, api_key_from_env, split_urls
-
-    option = f"--{role}"
-    return LLMClient(
-        split_urls(getattr(args, role), option),
-        getattr(args, f"{role}_model"),
-        api_key=api_key_from_env(getattr(args, f"{role}_api_key_env"), f"{option}-api-key-env"),
-        prompt_format=args.prompt_format,
-        max_tokens=getattr(args, f"{role}_max_tokens"),
-        temperature=getattr(args, f"{role}_temperature"),
-        concurrency=getattr(args, f"{role}_concurrency"),
-        timeout=args.timeout,
-        retries=args.retries,
-        backoff=args.backoff,
-        backoff_max=args.backoff_max,
-    )
-
-
 def options_from(args, default_parallel: int):
     from cdra_plugin.build.runner import BuildOptions
     from cdra_plugin.build.tree import TreeShape
@@ -173,8 +153,8 @@ async def _build(args) -> dict:
 
     clients = []
     try:
-        clients += [_client(args, "generator")]
-        clients += [_client(args, "evaluator")]
+        clients += [GENERATOR.client(args)]
+        clients += [EVALUATOR.client(args)]
         # scripts/bench_build.py: as many scenarios in flight as the busier role has server slots reach the bound
         slots = max(c.concurrency * len(c.backends) for c in clients)
         return await build(options_from(args, slots), *clients)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import logging
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -37,8 +35,7 @@ from cdra_plugin.build.tree import Pair
 from cdra_plugin.data.loader import read_records, resolve_inputs
 from cdra_plugin.data.schema import FieldError, RecordError, parse_pair, require_text
 from cdra_plugin.data.writer import AtomicFiles
-
-logger = logging.getLogger("cdra.build")
+from cdra_plugin.jsonl import Appender, resume_rows
 
 STATE_DIR = "build"
 JOURNAL = "journal.jsonl"
@@ -99,7 +96,7 @@ class Journal:
         self.directory = directory
         self.path = directory / JOURNAL
         self._lock = None
-        self._file = None
+        self._out = Appender(self.path)
 
     def __enter__(self) -> Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -115,43 +112,17 @@ class Journal:
 
     def load(self) -> tuple[dict[str, dict], list[dict]]:
         """(scenario entries by key, run entries); a torn last line is removed first, any other bad line is fatal."""
-        if not self.path.exists():
-            return {}, []
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        if lines[-1]:  # no final newline: the last write was cut off
-            logger.warning("%s: removing a torn last line (an interrupted write) before resuming", self.path)
-            _replace(self.path, data[: len(data) - len(lines[-1])])
-        scenarios, runs = {}, []
-        for number, line in enumerate(lines[:-1], start=1):
-            try:
-                entry = json.loads(line)
-                kind = entry["type"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise BuildError(f"{self.path}:{number}: not a journal entry; is --output a cdra build?") from None
-            if kind == "scenario":
-                scenarios[entry["key"]] = entry
-            else:
-                runs.append(entry)
-        return scenarios, runs
+        entries = resume_rows(self.path, required=("type",), what="a journal entry", hint="is --output a cdra build?")
+        scenarios = {entry["key"]: entry for entry in entries if entry["type"] == "scenario"}
+        return scenarios, [entry for entry in entries if entry["type"] != "scenario"]
 
     def append(self, entry: dict) -> None:
-        """Append, flush and fsync one entry (the file is opened on the first append, after ``load``)."""
-        if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append, flush and fsync one entry (call ``load`` first: it repairs what an interrupted run left)."""
+        self._out.write(entry)
 
     def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._out.close()
         self._lock.close()  # releases the lock
-
-
-def _replace(path: Path, data: bytes) -> None:
-    with AtomicFiles(path.parent) as files:
-        files.open(path.name).write(data.decode("utf-8"))  # ends with a whole line: valid UTF-8
 
 
 def check_output(output: Path, config: dict) -> Path:

@@ -6,8 +6,8 @@
   ("The Sociologist (focuses on societal norms, ...)"), so the figure's words stay as printed and the generator
   still learns what the persona stands for.
 - ``NODE_SCORE_TEMPLATE``: Fig. 12, the evaluator's critique and ``SCORE:`` in [-1, 1] for one new thought given
-  the path before it. The line above the figure's prompt ("This is the prompt for NODE-level evaluation") is a
-  caption, not prompt text.
+  the path before it; its scoring philosophy and scale are Fig. 15's words (``cdra_plugin.prompts.SCORING_*``). The
+  line above the figure's prompt ("This is the prompt for NODE-level evaluation") is a caption, not prompt text.
 - ``PATH_SCORE_TEMPLATE``: Fig. 13, the holistic 0-100 review of a whole path and its final answer.
 - ``ANSWER_TEMPLATE``: the paper shows no prompt for the final answer at the end of a path; this one is the
   project's own, built from Fig. 13's fields and Fig. 14's wording of the final step.
@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from cdra_plugin.prompts import fill
+from cdra_plugin.prompts import SCORING_BUDGET, SCORING_SCALE, fill
 
 
 @dataclass(frozen=True)
@@ -89,46 +89,27 @@ Focus on:
 4. Building logically upon the previous deductions"""
 
 # Fig. 12: node-level evaluation (process quality).
-NODE_SCORE_TEMPLATE = """\
+NODE_SCORE_TEMPLATE = (
+    """\
 You are a master evaluator of reasoning, known for your critical and discerning judgment. Your task is to assign a \
 precise score to a "New Thought" based on how well it infers an implicit user preference.
 
 Your Scoring Philosophy:
-You are famously tough but fair. You have a limited "budget" for high scores. A score of 0.9 or higher is reserved \
-for truly exceptional, rare insights. You must use the full range of the scale to create meaningful differentiation \
-between good, great, and brilliant ideas. Avoid clustering scores.
+"""
+    + SCORING_BUDGET
+    + """
 
 User Preference: "{user_preference}" Current Thought Path to Deepen: "{current_thought}"
 New Thought to Evaluate (A hypothesis about an implicit preference): "{new_thought}"
 
 Instructions:
 
-1. Analyze the Explicit-Implicit Leap: The primary criterion is the quality of the inference. Does the "New Thought" \
-make a creative, plausible, and non-obvious leap from what is stated to what is implied?
-2. Consider Alternatives (Forced Comparison): Before scoring, mentally compare this "New Thought" to other plausible \
-hypotheses. Is this idea truly more insightful or just one of several good possibilities? This mental check should \
-inform your score.
-3. Assign a Precise Score: Provide a score from -1.0 to 1.0 based on the following strict, continuous scale.
- - 1.0 (Revolutionary Insight): A once-in-a-session, brilliant, and entirely non-obvious deduction that reframes the \
-entire problem. This is a hypothesis so profound it feels like a genuine discovery.
- - 0.9 - 0.99 (Exceptional Inference): A deeply insightful and highly creative leap that uncovers a core, hidden user \
-motivation. This is reserved for the top 5% of good ideas.
- - 0.7 - 0.89 (Strong, Differentiated Inference): A well-supported inference that adds significant, actionable \
-nuance. It's a very good idea, but not a game-changer. Use this range to differentiate between solid (0.7) and very \
-strong (0.89) insights.
- - 0.4 - 0.69 (Surface-Level Inference): A safe, logical, but fairly obvious inference. It's helpful but lacks \
-creativity. A 0.69 is a good but unsurprising idea. A 0.4 is a barely-useful observation.
- - 0.1 - 0.39 (No Real Inference): The thought just rephrases the explicit preference or suggests a direct solution \
-without uncovering any deeper meaning. It fails the core task.
- - 0.0 (Irrelevant): The thought is not related to inferring preferences.
- - -0.1 to -0.39 (Flawed Inference): The thought makes a weak logical leap or a poorly supported assumption. It is \
-unhelpful and slightly misguided.
- - -0.4 to -0.69 (Misaligned Inference): The thought demonstrates a misunderstanding of the user's explicit \
-preference or proposes something that is clearly not aligned with their goals.
- - -0.7 to -1.0 (Contradictory/Harmful): The thought makes an illogical inference that directly contradicts the \
-user's stated profile, or it could lead to a harmful or nonsensical recommendation.
+"""
+    + SCORING_SCALE
+    + """
 4. Format Your Response: Provide your reasoning first, explaining your step-by-step analysis and justification for \
 the score. Then, end with the line "SCORE: [your_score]"."""
+)
 
 # Fig. 13: holistic evaluation of a complete path and its final answer.
 PATH_SCORE_TEMPLATE = """\

@@ -14,7 +14,6 @@ started again ends with the same files and counts as an uninterrupted one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import sys
@@ -32,6 +31,7 @@ from cdra_plugin.build.io import BuildError, Journal, check_output, compile_outp
 from cdra_plugin.build.stats import Tally
 from cdra_plugin.build.tree import Built, Council, Pair, TreeShape
 from cdra_plugin.llm import LLMClient
+from cdra_plugin.pool import for_each
 
 logger = logging.getLogger("cdra.build")
 LISTED_SKIPS = 100  # skipped scenarios listed one by one in build_stats.json
@@ -120,27 +120,21 @@ async def _check_health(client: LLMClient, option: str) -> None:
 
 async def _build_all(todo, council: Council, options: BuildOptions, journal: Journal, done: dict, counts) -> None:
     bar = tqdm(total=len(todo), desc="cdra build", unit="scenario", disable=not options.progress, file=sys.stderr)
-    queue = iter(todo)
 
-    async def worker() -> None:
-        for pair in queue:  # the shared iterator hands each scenario to one worker
-            built = await council.build(pair)
-            entry = _journal_entry(built)
-            journal.append(entry)
-            done[pair.key] = entry
-            counts[entry["status"]] += 1
-            if built.skip_reason:
-                logger.warning("skipped %s:%d: %s", pair.source["file"], pair.source["index"], built.skip_message)
-            bar.update()
-            bar.set_postfix(built=counts["built"], skipped=counts["skipped"], refresh=False)
+    async def one(pair: Pair) -> None:
+        built = await council.build(pair)
+        entry = _journal_entry(built)
+        journal.append(entry)
+        done[pair.key] = entry
+        counts[entry["status"]] += 1
+        if built.skip_reason:
+            logger.warning("skipped %s:%d: %s", pair.source["file"], pair.source["index"], built.skip_message)
+        bar.update()
+        bar.set_postfix(built=counts["built"], skipped=counts["skipped"], refresh=False)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(options.parallel, len(todo)))]
     try:
-        await asyncio.gather(*tasks)
+        await for_each(todo, one, options.parallel)  # on an error or an interrupt, all stop before the journal closes
     finally:
-        for task in tasks:  # on an error or an interrupt, stop the other workers before the journal closes
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
 
 

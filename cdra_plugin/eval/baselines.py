@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdra_plugin.eval.jsonl import read_rows
+from cdra_plugin.jsonl import read_rows
 from cdra_plugin.prompts import fill, policy_prompt
 
 MODES = ("policy", "zero-shot", "few-shot", "cot")

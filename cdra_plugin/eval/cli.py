@@ -18,55 +18,13 @@ import json
 import sys
 from pathlib import Path
 
+from cdra_plugin.endpoint import Endpoint
 from cdra_plugin.eval.baselines import MODES
 from cdra_plugin.eval.metrics import METRICS
 from cdra_plugin.eval.prompts import CHECKS
 
-
-def _client_options(p: argparse.ArgumentParser, *, temperature: float, max_tokens: int, timeout: float) -> None:
-    g = p.add_argument_group("model calls")
-    g.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the API key (never logged); "
-        "without it the key 'EMPTY' is sent, as vLLM expects",
-    )
-    g.add_argument(
-        "--prompt-format",
-        choices=["chat", "completion"],
-        default="chat",
-        help="chat: the prompt as one user message (the server applies the chat template; default); "
-        "completion: the raw prompt text",
-    )
-    g.add_argument(
-        "--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature:g})"
-    )
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1)")
-    g.add_argument(
-        "--max-tokens", type=int, default=max_tokens, help=f"length limit of an answer (default {max_tokens})"
-    )
-    g.add_argument("--concurrency", type=int, default=64, help="calls in flight per backend URL (default 64)")
-    g.add_argument("--timeout", type=float, default=timeout, help=f"seconds per call (default {timeout:g})")
-    g.add_argument("--retries", type=int, default=3, help="retries of a failed or rejected call (default 3)")
-    g.add_argument("--backoff", type=float, default=0.5, help="base of the exponential backoff, s (default 0.5)")
-    g.add_argument("--backoff-max", type=float, default=8.0, help="cap of one backoff wait, s (default 8)")
-
-
-def _client_kwargs(args: argparse.Namespace) -> dict:
-    from cdra_plugin.llm import api_key_from_env
-
-    return {
-        "api_key": api_key_from_env(args.api_key_env),
-        "prompt_format": args.prompt_format,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "max_tokens": args.max_tokens,
-        "concurrency": args.concurrency,
-        "timeout": args.timeout,
-        "retries": args.retries,
-        "backoff": args.backoff,
-        "backoff_max": args.backoff_max,
-    }
+POLICY = Endpoint("--backend", "--model", "the model under evaluation")
+JUDGE = Endpoint("--judge", "--judge-model", "the judge")
 
 
 def add_parser(subparsers) -> None:
@@ -93,13 +51,7 @@ def add_parser(subparsers) -> None:
         help="eval.jsonl or rl_prompts.jsonl from `cdra data prepare` "
         "(DeepPref or PrefEval), or JSONL with id, topic, preference, question",
     )
-    g.add_argument(
-        "--backend",
-        required=True,
-        help="OpenAI-compatible base URL(s) of the model, comma-separated "
-        "(vLLM serving a checkpoint, or a hosted API)",
-    )
-    g.add_argument("--model", required=True, help="model name the backend serves (vllm serve --served-model-name)")
+    POLICY.add_endpoint(g, "; vLLM serving a checkpoint, or a hosted API")
     g.add_argument("--output", required=True, help="responses JSONL (appended; existing rows are kept and skipped)")
     g.add_argument(
         "--mode",
@@ -117,7 +69,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--n", type=int, default=1, help="responses per prompt (default 1; > 1 needs --temperature > 0)")
     g.add_argument("--seed", type=int, help="sampling seed sent with every request, and the draw of the shots")
     g.add_argument("--limit", type=int, help="only the first N items of --data")
-    _client_options(gen, temperature=0.0, max_tokens=2048, timeout=300.0)
+    POLICY.add_options(gen.add_argument_group("model calls"), max_tokens=2048, timeout=300.0)
     gen.set_defaults(func=run_generate)
 
     jud = sub.add_parser(
@@ -131,8 +83,7 @@ def add_parser(subparsers) -> None:
     )
     g = jud.add_argument_group("what to judge")
     g.add_argument("--responses", required=True, help="output of `cdra eval generate`")
-    g.add_argument("--judge", required=True, help="the judge's OpenAI-compatible base URL(s), comma-separated")
-    g.add_argument("--judge-model", required=True, help="the judge's model name (the paper: DeepSeek-V3.2-Exp)")
+    JUDGE.add_endpoint(g, "; the paper's judge: DeepSeek-V3.2-Exp")
     g.add_argument("--output", required=True, help="judgments JSONL (appended; responses already there are skipped)")
     g.add_argument(
         "--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)} (default all)"
@@ -150,7 +101,7 @@ def add_parser(subparsers) -> None:
         help="{end_generation} = the whole response (default) or its last step",
     )
     g.add_argument("--cache", help="answer cache JSONL (default: --output with .cache.jsonl)")
-    _client_options(jud, temperature=0.0, max_tokens=1024, timeout=120.0)
+    JUDGE.add_options(jud.add_argument_group("model calls"), max_tokens=1024, timeout=120.0)
     jud.set_defaults(func=run_judge)
 
     rep = sub.add_parser(
@@ -209,7 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
             limit=args.limit,
             shots=args.shots,
             k=args.k,
-            **_client_kwargs(args),
+            **POLICY.client_kwargs(args),
         )
     except (ValueError, OSError) as exc:
         return _fail("generate", exc)
@@ -238,7 +189,7 @@ def run_judge(args: argparse.Namespace) -> int:
             prompt_dir=args.prompt_dir,
             judge_input=args.judge_input,
             cache=args.cache,
-            **_client_kwargs(args),
+            **JUDGE.client_kwargs(args),
         )
     except (ValueError, OSError) as exc:
         return _fail("judge", exc)

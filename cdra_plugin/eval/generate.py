@@ -22,10 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cdra_plugin.endpoint import connect
 from cdra_plugin.eval.baselines import MODES, build_prompt, load_shots, pair_key, row_fields
-from cdra_plugin.eval.jsonl import Appender, read_rows, resume_rows
-from cdra_plugin.eval.runner import for_each, make_client
+from cdra_plugin.jsonl import Appender, read_rows, resume_rows
 from cdra_plugin.llm import LLMCallError, LLMClient
+from cdra_plugin.pool import for_each
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def generate(
     if mode == "few-shot":  # against the whole file, so a later run without --limit cannot meet its own shots
         evaluated = {pair_key(item.preference, item.question) for item in every}
         chosen, refused = load_shots(Path(shots), k, evaluated, seed or 0)
-    client = make_client(backend, model, "--backend", **client_options)
+    client = connect(backend, model, "--backend", **client_options)
 
     async def run() -> dict:
         try:

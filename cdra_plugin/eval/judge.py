@@ -31,11 +31,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cdra_plugin.endpoint import connect
 from cdra_plugin.eval.answers import Answer, answer_problem, parse_answer
-from cdra_plugin.eval.jsonl import Appender, read_rows, resume_rows
 from cdra_plugin.eval.prompts import CHECKS, load_prompts
-from cdra_plugin.eval.runner import for_each, make_client
+from cdra_plugin.jsonl import Appender, read_rows, resume_rows
 from cdra_plugin.llm import LLMCallError, LLMClient
+from cdra_plugin.pool import for_each
 from cdra_plugin.prompts import fill
 
 JUDGE_INPUTS = ("full", "final")
@@ -72,7 +73,8 @@ class AnswerCache:
 
     def __init__(self, path: Path):
         self.path = path
-        self.answers = {row["key"]: row["answer"] for row in resume_rows(path) if "key" in row and "answer" in row}
+        rows = resume_rows(path, required=("key", "answer"), what="a cached answer", hint="is --cache the right file?")
+        self.answers = {row["key"]: row["answer"] for row in rows}
         self._pending: dict[str, asyncio.Future] = {}
         self.hits = 0
 
@@ -240,7 +242,7 @@ def judge(
         raise ValueError(f"--judge-input must be full or final, got {judge_input!r}")
     prompts = load_prompts(tuple(checks), prompt_dir)  # bad prompts stop here, before any call
     rows = read_responses(Path(responses))
-    client = make_client(backend, model, "--judge", **client_options)
+    client = connect(backend, model, "--judge", **client_options)
 
     async def run() -> dict:
         try:

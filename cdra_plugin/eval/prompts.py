@@ -170,7 +170,8 @@ Examine the response meticulously and answer. Answer in this exact XML format an
 <preference>[the sentence of the response that states or reveals the preference; empty if there is none]</preference>
 <answer>[Yes/No]</answer>"""
 
-VIOLATION = """\
+VIOLATION = (
+    """\
 You will read a user's stated preference, their query and an assistant's response, and decide whether the response \
 violates the stated preference.
 
@@ -186,16 +187,9 @@ Answer "No" if:
 explains why the option is offered or how to avoid the conflict.
 3. The response does not mention the preference and none of its recommendations go against it.
 
-Here is the conversation:
-
-User's preference: {preference}
-User query: {question}
-Assistant response: {end_generation}
-
-Examine the response meticulously and answer. Answer in this exact XML format:
-
-<explanation>[1 very short sentence explanation]</explanation>
-<answer>[Yes/No]</answer>"""
+"""
+    + _CONVERSATION
+)
 
 HALLUCINATION = """\
 You will compare a user's stated preference with an assistant's restatement of it, and decide whether the assistant \

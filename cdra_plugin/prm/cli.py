@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cdra_plugin.endpoint import Endpoint
 from cdra_plugin.prm import limits
 from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
 from cdra_plugin.prompts import DEFAULT_END_TOKENS
@@ -25,23 +26,14 @@ from cdra_plugin.prompts import DEFAULT_END_TOKENS
 
 logger = logging.getLogger("cdra.prm")
 HOST_TIMEOUT_S = 180  # OpenRLHF's aiohttp timeout for one remote RM request
+PRM = Endpoint("--backend", "--model", "the PRM", names={"max_tokens": "--max-critique-tokens"})
 
 
 def _scoring_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("PRM backend")
-    g.add_argument("--backend", required=True, help="OpenAI-compatible base URL(s), comma-separated "
-                   "(vLLM/SGLang replicas or a hosted API); a URL without a path gets /v1")  # fmt: skip
-    g.add_argument("--model", required=True, help="model name the backend serves (vllm serve --served-model-name)")
-    g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the backend API key "
-                   "(never logged); without it the key 'EMPTY' is sent")  # fmt: skip
-    g.add_argument("--prompt-format", choices=["chat", "completion"], default="chat",
-                   help="chat: the prompt as one user message (the server applies the chat template); "
-                   "completion: the filled template as raw text")  # fmt: skip
-    g.add_argument("--concurrency", type=int, default=64, help="PRM calls in flight per backend (default 64)")
-    g.add_argument("--timeout", type=float, default=45.0, help="seconds per PRM call (default 45)")
-    g.add_argument("--retries", type=int, default=2, help="retries of a failed PRM call (default 2)")
-    g.add_argument("--backoff", type=float, default=0.5, help="base of the exponential backoff, s (default 0.5)")
-    g.add_argument("--backoff-max", type=float, default=8.0, help="cap of one backoff wait, s (default 8)")
+    PRM.add_endpoint(g, "; vLLM/SGLang replicas or a hosted API")
+    PRM.add_options(g, ("api_key", "prompt_format", "concurrency", "timeout", "retries", "backoff", "backoff_max"),
+                    timeout=45.0, retries=2)  # fmt: skip
     g = p.add_argument_group("step scoring (Pers-GenPRM, paper Sec. 2.3)")
     g.add_argument("--template", metavar="FILE", help="PRM prompt template overriding Fig. 15; fields {preference} "
                    "{question} {previous_steps} {current_step}")  # fmt: skip
@@ -49,10 +41,9 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                    "(= the carrier width the trainer reads, default 32)")  # fmt: skip
     g.add_argument("--k", type=int, default=1, help="critiques sampled per step (Appendix D; default 1)")
     g.add_argument("--k-aggregation", choices=["mean", "median"], default="mean", help="how k scores combine")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 for k=1, else 1)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-critique-tokens", type=int, default=1024, metavar="N",
-                   help="length limit of one critique in tokens (max_tokens; default %(default)s)")  # fmt: skip
+    PRM.add_options(g, ("temperature", "top_p", "max_tokens"), temperature=None,
+                    helps={"temperature": "sampling temperature (default 0 for k=1, else 1)",
+                           "max_tokens": "length limit of one critique, in tokens"})  # fmt: skip
     g.add_argument("--end-tokens", default=",".join(DEFAULT_END_TOKENS),
                    help="comma-separated end-of-sequence texts removed from the end of a response")  # fmt: skip
     g.add_argument("--failure-policy", default="fail", metavar="drop|fail|score=X",
@@ -115,7 +106,6 @@ def add_parser(subparsers) -> None:
 
 def build_gateway(args: argparse.Namespace):
     """The ``Gateway`` the options describe; ``ValueError`` naming the option otherwise."""
-    from cdra_plugin.llm import LLMClient, api_key_from_env, split_urls
     from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.metrics import Metrics
     from cdra_plugin.prm.policy import FailurePolicy
@@ -124,27 +114,12 @@ def build_gateway(args: argparse.Namespace):
     temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
     if args.k > 1 and temperature == 0:
         raise ValueError("--k > 1 with --temperature 0 samples k identical critiques; set --temperature > 0")
-    for option, value in (("--max-critique-tokens", args.max_critique_tokens),
-                          ("--max-response-chars", args.max_response_chars),
+    for option, value in (("--max-response-chars", args.max_response_chars),
                           ("--max-samples", getattr(args, "max_samples", 1))):  # fmt: skip
         if value < 1:
             raise ValueError(f"{option} must be >= 1, got {value}")
     metrics = Metrics()
-    client = LLMClient(
-        split_urls(args.backend),
-        args.model,
-        api_key=api_key_from_env(args.api_key_env),
-        prompt_format=args.prompt_format,
-        max_tokens=args.max_critique_tokens,
-        temperature=temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retries=args.retries,
-        backoff=args.backoff,
-        backoff_max=args.backoff_max,
-        metrics=metrics,
-    )
+    client = PRM.client(args, temperature=temperature, metrics=metrics)
     scorer_kwargs = {"template": load_template(args.template)} if args.template else {}
     scorer = StepScorer(
         client,

@@ -1,4 +1,12 @@
-"""Running many model calls for ``cdra eval``: the shared client built from options, and a bounded worker pool."""
+"""A bounded pool of asyncio workers over a list: how ``cdra prm score``, ``cdra eval`` and ``cdra build`` run many
+independent jobs (a record, a response, a scenario) with at most N in flight.
+
+    await for_each(records, score_one, parallel=64)
+
+Each worker takes the next job from one shared iterator, so a job starts as soon as a worker is free and none runs
+twice. The first error (or a cancellation: Ctrl-C under ``asyncio.run``) cancels the other workers, waits until they
+have stopped, then propagates: a caller's ``with`` block around the pool (an open output file) outlives every job.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from cdra_plugin.llm import LLMClient, split_urls
-
 T = TypeVar("T")
-
-
-def make_client(backend: str | Sequence[str], model: str, option: str, **options) -> LLMClient:
-    """``LLMClient`` for ``backend`` (comma-separated URLs or a list); ``options`` are the client's keywords."""
-    urls = split_urls(backend, option) if isinstance(backend, str) else list(backend)
-    return LLMClient(urls, model, **options)
 
 
 async def for_each(items: Sequence[T], fn: Callable[[T], Awaitable[None]], parallel: int) -> None:
