@@ -216,8 +216,8 @@ def report(runs: dict[str, str | Path], output: str | Path, *, bootstrap: int = 
     figures = _figures(result)
     with AtomicFiles(output) as files:
         for name, data in figures.items():
-            with files.open(name) as stream:
-                stream.buffer.write(data)  # AtomicFiles streams are text: PNG bytes go to the binary buffer
+            with files.open(name, "wb") as stream:
+                stream.write(data)
         with files.open("report.csv") as stream:
             stream.write(csv_text(result))
         with files.open("report.md") as stream:
