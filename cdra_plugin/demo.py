@@ -312,10 +312,10 @@ def _trace(path: Path, gateway: str, group: _Group, replies: list[dict], aligned
     """One trace record per response, in the format ``cdra-train --cdpa.trace_path`` writes, then one shown."""
     import httpx
 
-    from cdra_plugin.cli import main as cdra
     from cdra_plugin.prm.protocol import first_critiques, score_request
     from cdra_plugin.prompts import strip_end_tokens
     from cdra_plugin.traces import append_trace
+    from cdra_plugin.traces.cli import load, render
 
     path.unlink(missing_ok=True)
     for i, (response, row) in enumerate(zip(group.responses, aligned, strict=True)):
@@ -334,7 +334,8 @@ def _trace(path: Path, gateway: str, group: _Group, replies: list[dict], aligned
         append_trace(path, record, max_bytes=16 << 20)
     print(f"\n[5/7] trace     {path} (critiques read back from the gateway's cache, nothing scored twice); "
           f"`cdra traces show {path} --index 0`:\n")  # fmt: skip
-    cdra(["traces", "show", str(path), "--index", "0", *([] if colour else ["--no-colour"])])
+    views, _ = load(str(path))
+    print(render(views[0], colour))
 
 
 def _evaluate(servers: _Servers, data: Path, out: Path) -> None:

@@ -104,6 +104,13 @@ def add_parser(subparsers) -> None:
     score.set_defaults(func=run_score)
 
 
+def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+    """``cdra prm serve ARGV``'s options, for a gateway run in-process (``build_gateway``, ``create_app``)."""
+    parser = argparse.ArgumentParser(prog="cdra")
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["prm", "serve", *argv])
+
+
 def build_gateway(args: argparse.Namespace):
     """The ``Gateway`` the options describe; ``ValueError`` naming the option otherwise."""
     from cdra_plugin.prm.gateway import Gateway

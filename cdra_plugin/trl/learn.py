@@ -142,8 +142,7 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
-    from cdra_plugin.cli import build_parser
-    from cdra_plugin.prm.cli import build_gateway
+    from cdra_plugin.prm.cli import build_gateway, parse_serve_args
     from cdra_plugin.prm.server import create_app
     from cdra_plugin.trl.reward import GatewayReward
     from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer
@@ -152,9 +151,9 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
         policy = policy or build_policy(Path(tmp) / "policy", seed=seed)
         # the gateway as `cdra prm serve` builds it; a scripted PRM answers at once, so retries need no backoff. Its
         # scalar reward is the paper's R_dense (sum), what TRL's own GRPO baseline trains on.
-        argv = ["prm", "serve", "--backend", prm.base_url, "--model", "scripted-prm", "--max-steps", "8",
+        argv = ["--backend", prm.base_url, "--model", "scripted-prm", "--max-steps", "8",
                 "--failure-policy", "drop", "--backoff", "0.01", "--reward-aggregation", "sum"]  # fmt: skip
-        with BackgroundServer(create_app(build_gateway(build_parser().parse_args(argv)))) as gateway:
+        with BackgroundServer(create_app(build_gateway(parse_serve_args(argv)))) as gateway:
             tokenizer = AutoTokenizer.from_pretrained(policy)
             reward = GatewayReward(gateway.url + "/get_reward", tokenizer)
             rows = [{"prompt": messages(p, q), "label": json.dumps({"preference": p, "question": q})}
