@@ -165,25 +165,31 @@ def test_affinity_never_overloads_a_backend():
     assert elapsed < 2 * 120 * 0.05 / 24 + 0.5  # about the time of a balanced split (24 slots), not of one backend
 
 
-def test_an_affinity_choice_is_never_more_than_slack_above_the_least_busy_backend():
-    # The dispatcher itself, driven through random acquires and releases with few keys: at every grant the chosen
-    # backend had room and was at most `slack` busier than the least busy one.
+def test_the_dispatcher_bounds_affinity_by_slack_never_exceeds_capacity_and_never_idles_a_slot():
+    # The dispatcher itself, driven through random acquires and releases with few keys (so affinity pulls hard):
+    # - an affinity choice is at most `slack` busier (in flight + queued) than the least loaded backend;
+    # - no backend ever has more than `concurrency` calls in flight;
+    # - work-conserving: while any call waits, every backend is full.
     rng = random.Random(7)
     backends = [Backend(f"http://b{i}/v1", f"b{i}") for i in range(4)]
-    dispatcher = Dispatcher(backends, concurrency=12, slack=3)
-    held, grants = [], 0
+    dispatcher = Dispatcher(backends, concurrency=6, slack=3)
+    keys = ["k1", "k2", "k3"]
 
     async def scenario():
-        nonlocal grants
-        for _ in range(2000):
-            if held and (rng.random() < 0.45 or sum(b.in_flight for b in backends) == 48):
+        held, waiting = [], []
+        for _ in range(3000):
+            loads = {b.label: b.load for b in backends}
+            choice = dispatcher.assign(rng.choice(keys), None)
+            assert loads[choice.label] <= min(loads.values()) + 3, loads
+            if held and rng.random() < 0.5:
                 dispatcher.release(held.pop(rng.randrange(len(held))), "ok")
-                continue
-            before = {b.label: b.in_flight for b in backends}
-            backend = await dispatcher.acquire(0.0, affinity=rng.choice(["k1", "k2", "k3"]))
-            assert before[backend.label] < 12 and before[backend.label] <= min(before.values()) + 3, before
-            held.append(backend)
-            grants += 1
+            else:
+                waiting.append(asyncio.ensure_future(dispatcher.acquire(rng.random(), affinity=rng.choice(keys))))
+            await asyncio.sleep(0)  # let granted acquires return
+            held += [w.result() for w in waiting if w.done()]
+            waiting = [w for w in waiting if not w.done()]
+            assert all(b.in_flight <= 6 for b in backends)
+            assert not waiting or all(b.in_flight == 6 for b in backends)
+        return len(held) + len(waiting)
 
-    asyncio.run(scenario())
-    assert grants > 900
+    assert asyncio.run(scenario()) > 10
