@@ -259,16 +259,17 @@ class LLMClient:
             params["messages"] = [{"role": "user", "content": prompt}]
         else:
             params["prompt"] = prompt
+        body = json.dumps(params)  # a sampling override that is not JSON is the caller's error: raised as is
         try:
             # The timeout's ``total`` runs from connecting to the last byte of the body: a deadline for the call.
             async with session.post(
-                backend.url + self._path, data=json.dumps(params), timeout=aiohttp.ClientTimeout(total=self.timeout)
+                backend.url + self._path, data=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             raise _Failed("timeout", f"no complete answer within the {self.timeout:g} s deadline") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except Exception as exc:  # aiohttp.ClientError, OSError, or whatever else the transport raises
             raise _Failed("connection", f"{type(exc).__name__}: {exc}") from None
         if status != 200:
             raise _status_failure(status, raw, headers)
