@@ -5,10 +5,11 @@ Each of them sends prompts to models behind one or more OpenAI-compatible server
 training run needs:
 
 - scheduling (``cdra_plugin.dispatch``): at most ``concurrency`` calls in flight per backend (what one vLLM replica
-  batches well); waiting calls are served in ``priority`` order, first come first served by default, and a retry
-  keeps its call's priority; a call with an ``affinity`` key goes to the backend that key hashes to (rendezvous
-  hashing, so calls sharing a prompt prefix meet vLLM's prefix cache) unless that backend is full or busier than
-  the least busy one by more than a slack, otherwise to the least busy backend;
+  batches well); a call joins the queue of the backend its ``affinity`` key hashes to (rendezvous hashing, so calls
+  sharing a prompt prefix meet vLLM's prefix cache) unless that backend is loaded more than a slack above the least
+  loaded one, otherwise (and without a key) the least loaded backend's; queues are served in ``priority`` order,
+  first come first served by default, a retry keeps its call's priority, and an idle backend takes waiting calls
+  from the others;
 - a circuit breaker per backend: ``breaker_failures`` consecutive connection failures take it out of rotation,
   after ``breaker_cooldown`` seconds one probe call is let through (half open) and closes it again if it answers;
 - ``timeout`` is a deadline for the whole call (connect, send, the complete answer), not for each read;
@@ -33,7 +34,7 @@ convention), so a hosted key in ``OPENAI_API_KEY`` never leaks to a local server
     completion = await client.sample(prompt, n=1, check=lambda texts: None if ok(texts) else "why not",
                                      affinity=response_hash, priority=request_arrival_monotonic)
     completion.texts, completion.usage.completion_tokens
-    client.backend_states()  # [{"backend": ..., "state": "closed", "consecutive_failures": 0, "in_flight": 3}]
+    client.backend_states()  # [{"backend", "state": "closed", "consecutive_failures": 0, "in_flight": 3, "queued": 0}]
     await client.aclose()
 """
 

@@ -2,7 +2,7 @@
 
 OpenRLHF's vLLM actors post each sample to the remote reward model right after it finishes generating, so PRM
 scoring overlaps generation and only what is left after the last sample adds wall time. This script replays one
-rollout step on a virtual clock, ``--time-scale`` (5) times faster than real time (every time it prints is
+rollout step on a virtual clock, ``--time-scale`` (3) times faster than real time (every time it prints is
 simulated seconds), with three processes on loopback:
 
 - a simulated **policy**: B prompts x G samples on ``--policy-engines`` vLLM engines; each engine decodes its
@@ -346,7 +346,7 @@ def parse_args() -> argparse.Namespace:
     add("--replicas", help="comma-separated replica counts to run instead of the search")
     add("--target", type=float, default=1.15, help="overhead ratio to meet (default 1.15)")
     add("--tail-margin", type=float, default=0.05, help="above the tail floor, size for floor + this (default 0.05)")
-    add("--time-scale", type=float, default=5.0, help="simulated seconds per wall second (default 5)")
+    add("--time-scale", type=float, default=3.0, help="simulated seconds per wall second (default 3)")
     add("--max-runs", type=int, default=4, help="replica counts the search tries at most (default 4)")
     add("--repeats", type=int, default=3, help="rollouts per replica count, the median is kept (default 3)")
     add("--seed", type=int, default=0)
