@@ -32,11 +32,10 @@ import itertools
 import time
 from collections.abc import Hashable
 
-STATES = ("closed", "open", "half_open")
-
 
 class Backend:
-    """One server: its base URL, public label, calls in flight and queued, and breaker state."""
+    """One server: its base URL, public label, calls in flight and queued, and breaker state (closed, open or
+    half_open)."""
 
     def __init__(self, url: str, label: str):
         self.url = url
