@@ -34,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "tokenizers", "ruff"],
+        # cdra_plugin.trl (GRPOTrainer + the gateway + CDPA); the release verified beside openrlhf 0.11.2's stack
+        "trl": ["trl==1.16.0"],
     },
     entry_points={"console_scripts": ["cdra=cdra_plugin.cli:main", "cdra-train=cdra_plugin.train:main"]},
 )

@@ -1,7 +1,7 @@
 """CDPA advantage estimators: paper Section 2.4 Eq. 3, Appendix D's process and outcome supervision.
 
 ``cdpa_advantages(token_rewards, action_mask, group_size, mode, eps)`` turns per-token rewards r_{i,t} = r_i^j
-(the PRM score of the step holding token t, see ``cdra_plugin.steps``) into per-token advantages A_{i,t}.
+(the PRM score of the step holding token t, see ``cdra_plugin.align``) into per-token advantages A_{i,t}.
 Rows ``g*G .. (g+1)*G - 1`` of the (B, T) batch are the G responses to prompt g. Pure torch, CPU or CUDA, no
 Python loop over tokens or responses, float32 at least inside (float64 stays float64).
 
@@ -29,7 +29,7 @@ Conventions, shared by all modes:
 - A row whose ``action_mask`` is all zero (a dropped sample, e.g. a failed PRM call) takes no part: its
   advantages are zero and it counts in no mean or std. Masked positions get A = 0; their rewards and step ids are
   never read, so they may hold anything (NaN included). A non-finite reward at a valid position is an error.
-- ``step_ids`` (B, T) long gives the step index of each token (``cdra_plugin.steps.token_step_ids``). A step is a
+- ``step_ids`` (B, T) long gives the step index of each token (``cdra_plugin.align.align_steps``). A step is a
   (row, step id) pair with at least one valid token; its score is the reward of its tokens, which must all be
   equal (r_{i,t} = r_i^j), else ValueError. Step ids need not be contiguous or sorted; they index a (B, max id + 1)
   table, so they must be small non-negative integers. Required by every mode but ``token_position``.
@@ -75,40 +75,36 @@ class _Normalised(NamedTuple):
 def _count_and_first(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Members per set along dim 1 (in ``values``' dtype) and the first valid value of each set (entry 0 when
     none), both keepdim. Byte arithmetic instead of ``sum``/``argmax`` on the bool mask: those upcast it to int64
-    or scan a strided middle dim, and were the slowest part of Eq. 3 on the CPU.
+    or scan a strided middle dim, and cost as much as the rest of Eq. 3 on the CPU (``scripts/bench_advantage.py``).
+    The first valid entry is the one with the largest weight k, k - 1, ..., 1.
     """
     k = valid.shape[1]
     mask = valid.view(torch.uint8) if k < 256 else valid.long()  # a uint8 sum of k < 256 ones cannot overflow
     weights = torch.arange(k, 0, -1, dtype=mask.dtype, device=valid.device).view((1, k) + (1,) * (valid.dim() - 2))
     count = mask.sum(1, keepdim=True, dtype=mask.dtype).to(values.dtype)
-    first = (mask * weights).amax(1, keepdim=True).long().neg_().add_(k).clamp_(max=k - 1)
-    return count, values.gather(1, first)
+    first = k - (mask * weights).amax(1, keepdim=True).long()
+    return count, values.gather(1, first.clamp_(max=k - 1))
 
 
 def _group_normalise(values: torch.Tensor, valid: torch.Tensor, eps: float, rtol: float = 0.0) -> _Normalised:
     """Normalise ``values`` over dim 1 among the ``valid`` entries (others may hold anything, NaN included).
 
-    Values are shifted by one member of their set before the sums, so a set of equal values has sigma exactly 0
-    (no rounding residue) and the one-pass variance is well conditioned (|shifted value| <= spread of the set).
-    Full-size work happens in two buffers and per-set tensors are updated in place: on the CPU, fresh
-    temporaries (page faults) cost as much as the arithmetic.
+    Values are shifted by the first member of their set before the sums, so a set of equal values has sigma exactly
+    0 (no rounding residue) and the one-pass variance is well conditioned (|shifted value| <= spread of the set).
     """
+    invalid = ~valid
     count, ref = _count_and_first(values, valid)
-    c = torch.sub(values, ref)
-    zero = c.new_zeros(())
-    torch.where(valid, c, zero, out=c)
-    buf = torch.mul(c, c)
+    c = (values - ref).masked_fill_(invalid, 0)
     s1 = c.sum(1, keepdim=True)
-    s2 = buf.sum(1, keepdim=True)
+    s2 = (c * c).sum(1, keepdim=True)
     if not math.isfinite(float(s2.sum())):  # a NaN/Inf anywhere in a set makes its sum of squares non-finite
         raise ValueError("token_rewards has NaN or Inf (or values so large their squares overflow) at valid positions")
     mean = s1 / count.clamp(min=1)
-    sigma = s2.addcmul_(s1, mean, value=-1).div_((count - 1).clamp_(min=1)).clamp_(min=0).sqrt_()
-    lone_or_flat = (count < 2) | (sigma <= rtol * ref.abs().clamp(min=1) if rtol else sigma == 0)
-    inv = sigma.add_(eps).reciprocal_().masked_fill_(lone_or_flat, 0)  # lone or flat set: A = 0
-    z = torch.addcmul(mean.mul_(inv).neg_(), c, inv, out=buf)
-    torch.where(valid, z, zero, out=z)
-    return _Normalised(z, count, lone_or_flat & (count >= 2))
+    sigma = ((s2 - s1 * mean) / (count - 1).clamp(min=1)).clamp(min=0).sqrt()
+    flat = (sigma <= rtol * ref.abs().clamp(min=1) if rtol else sigma == 0) & (count >= 2)
+    scale = (sigma + eps).reciprocal_().masked_fill_((count < 2) | flat, 0)  # a lone or flat set gives A = 0
+    z = c.sub_(mean).mul_(scale).masked_fill_(invalid, 0)  # in place: c is not needed any more
+    return _Normalised(z, count, flat)
 
 
 def _step_table(r: torch.Tensor, m: torch.Tensor, step_ids: torch.Tensor) -> _Steps:
@@ -182,7 +178,7 @@ def _check(token_rewards, action_mask, group_size, mode, eps, step_ids, outcome_
     if outcome_aggregation not in OUTCOME_AGGREGATIONS:
         raise ValueError(f"outcome_aggregation must be one of {OUTCOME_AGGREGATIONS}, got {outcome_aggregation!r}")
     if mode != "token_position" and step_ids is None:
-        raise ValueError(f"mode {mode!r} needs step_ids (B, T): the step index of each token (steps.token_step_ids)")
+        raise ValueError(f"mode {mode!r} needs step_ids (B, T): the step index of each token (align.align_steps)")
     if not token_rewards.dtype.is_floating_point:
         raise TypeError(f"token_rewards must be a floating-point tensor, got {token_rewards.dtype}")
     if token_rewards.dim() != 2 or action_mask.shape != token_rewards.shape:
@@ -226,19 +222,19 @@ def cdpa_advantages(
     r = token_rewards.to(work)  # masked positions are never read: every reduction below selects by m
     stats: dict[str, float] = {}
     steps = _step_table(r, m, step_ids) if step_ids is not None else None
+    outcome = _outcome(steps, n_groups, outcome_aggregation, eps) if steps is not None else None
     if mode == "token_position":
         adv = _token_position(r, m, n_groups, eps, stats)  # already 0 where the mask is 0
     elif mode == "outcome":
-        adv = torch.where(m, _outcome(steps, n_groups, outcome_aggregation, eps).z.reshape(-1, 1), 0)
+        adv = torch.where(m, outcome.z.reshape(-1, 1), 0)
     else:
         adv = _step_modes(steps, n_groups, mode, eps, stats)  # 0 where the mask is 0
 
     valid_tokens = torch.count_nonzero(m)
-    rows_valid = m.view(torch.uint8).amax(1) > 0 if m.shape[1] else m.any(1)  # amax: faster than any(1) on the CPU
+    rows_valid = m.view(torch.uint8).amax(1) > 0 if m.shape[1] else m.any(1)  # amax: ~30x faster than any(1)
     stats["zero_adv_token_frac"] = _frac(valid_tokens - torch.count_nonzero(adv), valid_tokens)
     stats["dropped_response_frac"] = _frac((~rows_valid).sum(), rows_valid.numel())
-    if steps is not None:
-        outcome = _outcome(steps, n_groups, outcome_aggregation, eps)
+    if outcome is not None:
         groups_with_valid = outcome.count.reshape(-1) >= 1
         all_zero = ((outcome.count < 2) | outcome.flat).reshape(-1)
         stats["zero_adv_group_frac"] = _frac((all_zero & groups_with_valid).sum(), groups_with_valid.sum())

@@ -14,11 +14,15 @@ with the sample through everything the host does to experiences (async queues, d
 fixed width: responses with more steps than ``--max-steps`` have their tail merged into the last step by
 ``segment_steps(..., max_steps=width)``, on both sides, so the two still agree. The experience maker removes these
 keys from ``info`` after reading them, so they never reach the training logs.
+
+The encode side runs in the gateway, which does not load torch; only ``decode_step_scores`` (the trainer) imports it.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 NUM_STEPS_KEY = "cdpa_num_steps"
 FAILED_KEY = "cdpa_failed"
@@ -46,8 +50,10 @@ def carrier_width(info: Mapping[str, object]) -> int:
     return width
 
 
-def decode_step_scores(info: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode_step_scores(info: Mapping[str, "torch.Tensor"]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
     """Batched read-back: ``(scores (B, W) float32, num_steps (B,) long, failed (B,) bool)``."""
+    import torch
+
     width = carrier_width(info)
     if width == 0 or NUM_STEPS_KEY not in info or FAILED_KEY not in info:
         raise KeyError(

@@ -3,59 +3,54 @@
 cdra --version
 cdra data prepare --input trees/ --output out/
 cdra prm serve --backend http://127.0.0.1:8000/v1 --model pers-genprm
+cdra eval generate|judge|report ...
 cdra traces show traces.jsonl
 """
 
 import argparse
 import sys
+import warnings
 
-from cdra_plugin import __version__
+from cdra_plugin import __version__, demo
+from cdra_plugin.build import cli as build_cli
 from cdra_plugin.data import cli as data_cli
+from cdra_plugin.eval import cli as eval_cli
 from cdra_plugin.prm import cli as prm_cli
+from cdra_plugin.traces import cli as traces_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdra",
-        description="Critique-Driven Reasoning Alignment (CDRA) for OpenRLHF: data, Pers-GenPRM, evaluation. "
-        "Training itself is `cdra-train` (OpenRLHF's train_ppo_ray with the `cdpa` estimator).",
+        description="Critique-Driven Reasoning Alignment (CDRA) for OpenRLHF: one command group per stage of the "
+        "pipeline, listed below. Training itself is `cdra-train` (OpenRLHF's train_ppo_ray with the `cdpa` "
+        "estimator).",
     )
     parser.add_argument("--version", action="version", version=f"cdra-plugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_traces_parser(subparsers)
+    demo.add_parser(subparsers)
     data_cli.add_parser(subparsers)
+    build_cli.add_parser(subparsers)
     prm_cli.add_parser(subparsers)
+    eval_cli.add_parser(subparsers)
+    traces_cli.add_parser(subparsers)
     return parser
 
 
-def add_traces_parser(subparsers) -> None:
-    traces = subparsers.add_parser("traces", help="read the critique traces written by cdra-train --cdpa.trace_path")
-    actions = traces.add_subparsers(dest="traces_command", metavar="ACTION", required=True)
-    show = actions.add_parser("show", help="print one traced response, its steps coloured by PRM score")
-    show.add_argument("file", help="the JSONL trace file")
-    show.add_argument("--index", type=int, default=-1, help="which record (0 = first, -1 = last; default -1)")
-    show.add_argument("--no-colour", action="store_true", help="plain text even on a terminal")
-    show.set_defaults(func=_traces_show)
-
-
-def _traces_show(args) -> int:
-    from cdra_plugin.traces import show
-
-    try:
-        print(show(args.file, args.index, colour=False if args.no_colour else None))
-    except (OSError, ValueError, IndexError) as e:
-        print(f"cdra traces show: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    # OpenRLHF requires the deprecated `pynvml` package, whose import hook warns on every `import torch`: a note
+    # about the host's packaging that no cdra user can act on. Only that one warning is silenced.
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # commands that need more (cdra data prepare) handle it themselves
+        print(f"cdra {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
-"""Step segmentation of policy responses and its alignment with tokens (paper Section 2.4, Steps 2-4; Fig. 14).
+"""Step segmentation of policy responses (paper Section 2.4, Steps 2-4; Fig. 14): ``str -> list[Step]``.
 
-CDPA gives every response token t the score of the reasoning step holding it, r_{i,t} = r_i^j. This module finds
-the steps of a response as character spans (``segment_steps``) and maps them onto tokens through the tokenizer's
-offset mapping (``token_step_ids``), never by re-tokenising step texts and searching for their token ids: a step
-tokenised alone need not be a token subsequence of the response (the response's last token of a step is often
-".\n\n", the stripped step's is "."; sampled ids need not be the canonical encoding), and such steps are silently
-lost (``scripts/bench_advantage.py`` counts them). The host (OpenRLHF) has no notion of steps.
+CDPA gives every response token t the score of the reasoning step holding it, r_{i,t} = r_i^j. This module finds the
+steps of a response as character spans; ``cdra_plugin.align`` maps them onto the generated tokens. The gateway
+segments the text it scores and the trainer the text it decoded, with this same function, so the two agree on the
+number of steps. The host (OpenRLHF) has no notion of steps. Pure text: no numpy, no torch.
 
 Grammar (lines are split at ``"\\n"``; a ``"\\r"`` before it is tolerated)::
 
@@ -33,10 +31,25 @@ Rules, and why:
 - A final-answer line ("Final Answer:", "**Final answer**", "Answer:") opens its own step: DeepPref trees have an
   answer node scored like a step, so the PRM scores the answer like any other step. "Step 5: Final answer: ..."
   is one step (the answer label is not at the start of the line).
+- Empty steps are not steps. A step whose content (from the end of its marker to the next marker, or to the end of
+  the response) has no letter or digit in any script (blank, or only punctuation, markdown or emoji) does not
+  count: its characters join the step before it, or, when no step comes before it, the step after it (they are
+  then part of that step but not of its body: they have no content). Otherwise a policy rewarded per step would
+  learn to print bare markers. Emptiness is judged per marker on the original text, so consecutive empty steps all
+  go. When no step has content, the last marker opens the response's only step (its body has no content either).
+- Markers inside fenced code blocks are not markers (CommonMark's basic rule): a line indented by at most 3
+  spaces that starts with 3 or more backticks or tildes opens a fence (a backtick fence's info string may not
+  contain a backtick); a line of at least as many of the same character, indented by at most 3 spaces and followed
+  only by blanks, closes it; a fence never closed runs to the end of the response.
+- End-of-sequence texts at the end (``cdra_plugin.prompts.DEFAULT_END_TOKENS``: ``<|im_end|>``, ``</s>``, ...,
+  with the whitespace around them) are not content: markers are looked for, and steps judged empty or not, as if
+  the text stopped before them; they belong to the last step. So ``segment_steps(text)`` and
+  ``segment_steps(text + "<|im_end|>")`` find the same steps: the trainer segments decoded action tokens that end
+  with the EOS token, the gateway the response it received with such tokens stripped.
 - Text before the first marker (a preamble such as "Sure! Let me think.") joins step 1, so the PRM sees it as part
   of step 1 and its tokens get step 1's score. Then step 1 has ``start == body_start == 0`` (its body is the
-  preamble and the whole first marked step, marker line included) and ``marker`` is the first marker's text.
-  Blank-only text before the first marker is not a preamble.
+  preamble and the whole first marked step, marker line included) and ``marker`` is the marker's text. Text before
+  the first marker with no letter or digit is not a preamble (empty steps before step 1 are not either).
 - A response without markers is one step (``marker == ""``, ``body_start == 0``); the empty response is
   ``[Step(0, 0, 0, 0, "")]``.
 - Steps tile the text: a step starts at the beginning of its marker's line (indentation included) and ends where
@@ -44,22 +57,19 @@ Rules, and why:
 - ``max_steps`` (the carrier width, see ``cdra_plugin.carrier``) merges steps ``max_steps - 1 ...`` into one last
   step; the gateway and the trainer both segment with the same value, so their step counts agree.
 
-Scanning is one regular-expression pass over the line starts (a match at 0, then a search for "\\n" + marker) with
-bounded quantifiers and disjoint character classes (no nested repetition), so time is linear in the text length and
-any Unicode is fine. ``cdra_plugin.align`` runs segmentation and token alignment for a whole batch of generated ids.
+Scanning is one regular-expression pass over the line starts (a match at 0, then a search for "\\n" + a marker or
+fence line) with bounded quantifiers and disjoint character classes (no nested repetition), then one search for a
+letter or digit per marker; time is linear in the text length and any Unicode is fine.
 
     >>> text = "Sure.\\nStep 1: likes quiet.\\n**Step 2:** suggest a library."
     >>> [(s.start, s.end, s.marker) for s in segment_steps(text)]
     [(0, 27, 'Step 1:'), (27, 57, '**Step 2:**')]
 """
 
-import itertools
 import re
-from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
-import torch
+from cdra_plugin.prompts import DEFAULT_END_TOKENS
 
 _EOL = r"(?=[ \t]*(?:\r?\n|\Z))"
 _MARKER_LINE = (
@@ -75,19 +85,24 @@ _MARKER_LINE = (
     rf"(?:[:\uff1a\-\u2013\u2014][*_]*|{_EOL}|(?(aclose)|(?!)))"
     r")"
 )
-# A marker on the first line (``.match`` at 0), and one on any later line with the "\n" before it: a pattern that
+# A fence line (``fence``, then the rest of its line as ``info``; "." stops at "\n") or a marker line. Fence lines
+# start with ` or ~ after at most 3 spaces, which no marker line does, so the two never compete for a line.
+_LINE = rf" {{0,3}}(?P<fence>`{{3,}}|~{{3,}})(?P<info>.*)|{_MARKER_LINE}"
+# A line on the first line (``.match`` at 0), and one on any later line with the "\n" before it: a pattern that
 # starts with a literal lets the regex engine skip straight to the next "\n", where a ``^`` under MULTILINE is
 # tried at every character (2-3x slower). Nothing after the "\n" can cross a line, so matches never overlap.
-_FIRST_LINE = re.compile(_MARKER_LINE, re.IGNORECASE)
-_LATER_LINE = re.compile("\n" + _MARKER_LINE, re.IGNORECASE)
+_FIRST_LINE = re.compile(_LINE, re.IGNORECASE)
+_LATER_LINE = re.compile("\n(?:" + _LINE + ")", re.IGNORECASE)
+_CONTENT = re.compile(r"[^\W_]")  # a letter or digit, in any script
+# Matched at 0 of a reversed tail of the text: a trailing run of whitespace and end-of-sequence texts (no
+# backtracking: nothing follows the loop). Whitespace is tried first, then the tokens in order, as in
+# ``cdra_plugin.prm.scoring.strip_end_tokens``.
+_END_RUN = re.compile("(?:\\s|" + "|".join(re.escape(t[::-1]) for t in DEFAULT_END_TOKENS if t) + ")*")
+_TAIL = 64  # characters reversed at a time: reversing a whole response costs more than segmenting it
 
 
 class Step(NamedTuple):
-    """One step of a response: characters ``[start, end)`` of the text, its content from ``body_start``.
-
-    A named tuple (immutable, compared by value) rather than a frozen dataclass: it is built ~2.5x faster, which
-    counts when every response of every batch is segmented.
-    """
+    """One step of a response: characters ``[start, end)`` of the text, its content from ``body_start``."""
 
     index: int  # 0-based
     start: int  # inclusive char offset
@@ -100,109 +115,61 @@ class Step(NamedTuple):
         return text[self.body_start : self.end].strip()
 
 
-# ``Step(...)`` goes through the named tuple's Python-level ``__new__``; segmentation builds a step per marker of
-# every response of every batch, so it builds them directly (same object, ~2x faster)
-_new_step = tuple.__new__
-
-
 def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
-    """Split ``text`` into steps that tile it (grammar in the module docstring).
+    """Split ``text`` into steps that tile it (grammar and rules in the module docstring).
 
     ``max_steps``: at most this many steps; the ones from index ``max_steps - 1`` on are merged into the last.
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 (or None), got {max_steps}")
-    first = _FIRST_LINE.match(text)
-    later = _LATER_LINE.finditer(text)
-    if max_steps is not None:  # later markers would be merged into the last step anyway: stop scanning
-        later = itertools.islice(later, max_steps - (first is not None))
-    # (line start, body start, marker) of every marker; a later line's match begins at the "\n" before it
-    found = [(m.start() + 1, m.end(), m.group().strip()) for m in later]
-    if first is not None:
-        found.insert(0, (0, first.end(), first.group().strip()))
+    end = _content_end(text)
+    found = _markers(text, end)
+    stops = [line for line, _, _ in found[1:]] + [end]  # where each marker's content ends
+    # a marker opens a step only when its content has a letter or digit
+    kept = [m for m, stop in zip(found, stops, strict=False) if _CONTENT.search(text, m[1], stop)][:max_steps]
     if not found:
         return [Step(0, 0, len(text), 0, "")]
-    start, body, marker = found[0]
-    if start and text[:start].strip():
-        body = 0  # a preamble joins step 1: body_start 0 so the PRM sees it
-    steps, end = [], len(text)
-    for k in range(len(found) - 1, 0, -1):  # backwards: each step ends where the next starts
-        start, body_k, marker_k = found[k]
-        steps.append(_new_step(Step, (k, start, end, body_k, marker_k)))
-        end = start
-    steps.append(_new_step(Step, (0, 0, end, body, marker)))
-    steps.reverse()
-    return steps
+    if not kept:  # no step has content: the last marker opens the only one
+        kept = [found[-1]]
+    if _CONTENT.search(text, 0, found[0][0]):  # a preamble joins step 1's body, so the PRM sees it
+        kept[0] = (0, 0, kept[0][2])
+    starts = [0] + [line for line, _, _ in kept[1:]]
+    ends = starts[1:] + [len(text)]
+    return list(map(Step._make, [(k, starts[k], ends[k], body, marker) for k, (_, body, marker) in enumerate(kept)]))
 
 
-def _as_offsets(offsets) -> np.ndarray:
-    if isinstance(offsets, torch.Tensor):
-        off = offsets.detach().to("cpu", torch.long).numpy()
-    elif isinstance(offsets, np.ndarray):
-        off = offsets.astype(np.int64, copy=False)
-    else:  # a list of (start, end) pairs, as tokenizers return it: fromiter is ~2x faster than np.array here
-        if len(offsets) and len(offsets[0]) != 2:
-            raise ValueError(f"offsets must be (start, end) pairs, got {offsets[0]!r} first")
-        off = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))
-        off = off.reshape(-1, 2)
-    if off.size == 0:
-        return off.reshape(0, 2)
-    if off.ndim != 2 or off.shape[1] != 2:
-        raise ValueError(f"offsets must have shape (T, 2) (one (start, end) pair per token), got {off.shape}")
-    return off
+def _content_end(text: str) -> int:
+    """Where the text ends without its trailing whitespace and end-of-sequence texts (``DEFAULT_END_TOKENS``)."""
+    end = len(text)
+    while end:  # a window at a time; each pass removes at least one character or stops, so time stays linear
+        run = _END_RUN.match(text[max(0, end - _TAIL) : end][::-1]).end()
+        if not run:
+            return end
+        end -= run
+    return end
 
 
-def token_step_ids(offsets, steps: Sequence[Step]) -> torch.LongTensor:
-    """Step index of every token, from the tokenizer's offset mapping over the same text ``steps`` came from.
-
-    offsets: (T, 2) tensor/array or sequence of ``(start, end)`` char offsets. Returns (T,) long on the CPU.
-    A token straddling a step boundary belongs to the step holding its first character; a zero-width token
-    (``start == end``: special tokens such as ``<|im_end|>``) belongs to the previous token's step (step 0 if first).
-    Per-response work is small, so this runs in NumPy (no per-op torch dispatch overhead).
-    """
-    if not steps:
-        raise ValueError("steps is empty: segment_steps always returns at least one step")
-    off = _as_offsets(offsets)
-    starts = np.fromiter((s.start for s in steps), dtype=np.int64, count=len(steps))
-    first = off[:, 0]
-    if len(first) > 1 and not (first[1:] >= first[:-1]).all():
-        return _unsorted_step_ids(off, starts)
-    # Token starts are non-decreasing (any tokenizer's offsets over one text, ``decode_with_offsets``): binary search
-    # the first token of each step (S - 1 searches instead of T). Zero-width tokens at such a boundary belong to the
-    # previous real token, which starts before the boundary, so the boundary moves past them.
-    edges = [0, *np.searchsorted(first, starts[1:], side="left").tolist(), len(first)]
-    for k in range(1, len(steps)):
-        while edges[k] < len(first) and off[edges[k], 1] <= first[edges[k]]:
-            edges[k] += 1
-    ids = np.empty(len(first), dtype=np.int64)
-    for k in range(len(steps)):
-        ids[edges[k] : edges[k + 1]] = k
-    return torch.from_numpy(ids)
+def _markers(text: str, end: int) -> list[tuple[int, int, str]]:
+    """``(line start, body start, marker)`` of every marker line in ``text[:end]`` outside fenced code blocks."""
+    found, fence = [], None  # fence: the opening fence of the code block the scan is in
+    first = _FIRST_LINE.match(text, 0, end)
+    if first is not None:
+        if first["fence"]:
+            fence = _fence_after(first, None)
+        else:
+            found.append((0, first.end(), first.group().strip()))
+    for match in _LATER_LINE.finditer(text, 0, end):  # a match begins at the "\n" before its line
+        if match["fence"]:
+            fence = _fence_after(match, fence)
+        elif fence is None:
+            found.append((match.start() + 1, match.end(), match.group().strip()))
+    return found
 
 
-def _unsorted_step_ids(off: np.ndarray, starts: np.ndarray) -> torch.LongTensor:
-    """``token_step_ids`` for offsets whose starts go back somewhere (e.g. ``(0, 0)`` for an appended EOS)."""
-    ids = np.maximum(np.searchsorted(starts, off[:, 0], side="right") - 1, 0)
-    real = off[:, 1] > off[:, 0]
-    if not real.all():  # forward-fill zero-width tokens with the step of the nearest real token before them
-        last_real = np.maximum.accumulate(np.where(real, np.arange(len(off)), -1))
-        ids = np.where(last_real >= 0, ids[np.maximum(last_real, 0)], 0)
-    return torch.from_numpy(ids.astype(np.int64, copy=False))
-
-
-def step_token_spans(step_ids: torch.Tensor, num_steps: int) -> list[tuple[int, int]]:
-    """Half-open token span ``(first, last + 1)`` of each step; ``(k, k)`` (empty, at its place) when a step owns
-    no token. ``step_ids``: (T,) non-decreasing step indices in ``[0, num_steps)`` (what ``token_step_ids`` gives).
-    """
-    ids = torch.as_tensor(step_ids).reshape(-1).to("cpu", torch.long)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if ids.numel():
-        if int(ids.min()) < 0 or int(ids.max()) >= num_steps:
-            raise ValueError(f"step ids must lie in [0, {num_steps}), got range [{int(ids.min())}, {int(ids.max())}]")
-        if bool((ids[1:] < ids[:-1]).any()):
-            raise ValueError("step ids must be non-decreasing along the tokens (steps tile the text in order)")
-    bounds = torch.zeros(num_steps + 1, dtype=torch.long)
-    bounds[1:] = torch.cumsum(torch.bincount(ids, minlength=num_steps), dim=0)
-    b = bounds.tolist()
-    return [(b[k], b[k + 1]) for k in range(num_steps)]
+def _fence_after(match: re.Match, fence: str | None) -> str | None:
+    """The open fence after the fence line ``match``: the line opens a block, closes ``fence``, or is inside it."""
+    line_fence, info = match["fence"], match["info"]
+    if fence is None:  # a backtick fence's info string has no backtick
+        return line_fence if line_fence[0] == "~" or "`" not in info else None
+    closes = line_fence[0] == fence[0] and len(line_fence) >= len(fence) and not info.strip(" \t\r")
+    return None if closes else fence

@@ -11,6 +11,8 @@
 #
 # FAILURE_POLICY: `fail` (default) is right for every estimator; `drop` only for cdra-train (the cdpa estimator
 # excludes the marked samples); `score=X` gives failed steps X. Every value below is an environment variable.
+# Before launching it checks every value, the commands, the ports and that torch sees the GPUs in GPUS
+# (GPU_CHECK=0 skips that one, for a CPU build of vLLM or a stand-in given as VLLM).
 set -euo pipefail
 
 PRM_MODEL=${PRM_MODEL:-checkpoints/pers-genprm}     # checkpoint dir (recipes/train_prm_sft.sh) or HF model id
@@ -37,31 +39,38 @@ PYTHON=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 
 RECIPE=$(basename "$0")
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
-}
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+# shellcheck source=lib/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 check_inputs() {
-  if [[ $PRM_MODEL == /* || $PRM_MODEL == .* || -e $PRM_MODEL || $PRM_MODEL == checkpoints/* ]]; then
-    [[ -f $PRM_MODEL/config.json ]] || die "PRM_MODEL=$PRM_MODEL has no config.json: train it with recipes/train_prm_sft.sh or point PRM_MODEL at a checkpoint"
-  fi
+  need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
+  check_model PRM_MODEL "train it with recipes/train_prm_sft.sh or point PRM_MODEL at a checkpoint folder or hub id"
+  [[ -n $SERVED_NAME ]] || die "SERVED_NAME is empty: the model name the gateway asks vLLM for"
   [[ $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "GPUS=$GPUS: expected comma-separated GPU ids such as 0,1,2,3"
-  is_uint "$PRM_TP" && ((PRM_TP >= 1)) || die "PRM_TP=$PRM_TP: expected a positive integer"
+  need_int PRM_TP 1
   IFS=, read -r -a GPU_LIST <<<"$GPUS"
   ((${#GPU_LIST[@]} % PRM_TP == 0)) || die "GPUS=$GPUS has ${#GPU_LIST[@]} GPU(s), not a multiple of PRM_TP=$PRM_TP"
   REPLICAS=$((${#GPU_LIST[@]} / PRM_TP))
-  local name
-  for name in VLLM_BASE_PORT GATEWAY_PORT MAX_MODEL_LEN MAX_STEPS CONCURRENCY HEALTH_TIMEOUT; do
-    is_uint "${!name}" || die "$name=${!name}: expected a non-negative integer"
-  done
-  ((VLLM_BASE_PORT + REPLICAS <= 65535 && GATEWAY_PORT <= 65535)) || die "ports out of range"
+  need_number GPU_MEMORY_UTILIZATION "x > 0 && x <= 1" "in (0, 1]"
+  need_int VLLM_BASE_PORT 1 $((65535 - REPLICAS + 1))
+  need_int GATEWAY_PORT 1 65535
+  need_int MAX_MODEL_LEN 1
+  need_int MAX_STEPS 1
+  need_int CONCURRENCY 1
+  need_int HEALTH_TIMEOUT 1
+  [[ -n $VLLM_HOST && -n $GATEWAY_HOST ]] || die "VLLM_HOST and GATEWAY_HOST must not be empty"
   if ((GATEWAY_PORT >= VLLM_BASE_PORT && GATEWAY_PORT < VLLM_BASE_PORT + REPLICAS)); then
     die "GATEWAY_PORT=$GATEWAY_PORT collides with the replica ports $VLLM_BASE_PORT..$((VLLM_BASE_PORT + REPLICAS - 1))"
   fi
-  [[ $FAILURE_POLICY =~ ^(drop|fail|score=-?[0-9.]+)$ ]] || die "FAILURE_POLICY=$FAILURE_POLICY: expected drop, fail or score=X"
-  [[ -z $AUTH_TOKEN_ENV || -n ${!AUTH_TOKEN_ENV:-} ]] || die "AUTH_TOKEN_ENV=$AUTH_TOKEN_ENV names an unset or empty variable"
+  [[ $FAILURE_POLICY =~ ^(drop|fail|score=-?([0-9]+\.?[0-9]*|\.[0-9]+))$ ]] || die "FAILURE_POLICY=$FAILURE_POLICY: expected drop, fail or score=X"
+  need_env_var_name AUTH_TOKEN_ENV
+}
+
+check_gpus_named() {  # every id in GPUS exists (physical ids: each replica gets CUDA_VISIBLE_DEVICES=<its ids>)
+  local id highest=0
+  for id in "${GPU_LIST[@]}"; do ((10#$id < highest)) || highest=$((10#$id)); done
+  check_gpus $((highest + 1)) "GPUS=$GPUS" physical
 }
 
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -116,13 +125,16 @@ PY
 check_inputs
 build_commands
 if [[ $DRY_RUN == 1 ]]; then
+  check_gpus_named
+  note "DRY_RUN=1: every value checked; vllm, cdra, the ports and the GPUs are not. The commands:"
   for ((i = 0; i < REPLICAS; i++)); do echo "CUDA_VISIBLE_DEVICES=${DEVICES[i]} ${VLLM_CMDS[i]}"; done
   printf '%q ' "${GATEWAY_CMD[@]}"
   echo
   exit 0
 fi
-command -v "$VLLM" >/dev/null || die "'$VLLM' is not on PATH (VLLM): activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
+command -v "$VLLM" >/dev/null || die "'$VLLM' is not on PATH (VLLM): activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
 command -v "$CDRA" >/dev/null || die "'$CDRA' is not on PATH (CDRA): pip install -e . in the environment"
+check_gpus_named
 for ((i = 0; i < REPLICAS; i++)); do
   ! port_busy "$VLLM_HOST" $((VLLM_BASE_PORT + i)) || die "port $((VLLM_BASE_PORT + i)) on $VLLM_HOST is in use (VLLM_BASE_PORT)"
 done

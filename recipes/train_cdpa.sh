@@ -4,12 +4,12 @@
 #
 # The paper's setting is the default: Qwen2.5-7B-Instruct initialised from the RFT checkpoint, G = 5 responses per
 # prompt at temperature 1.0, up to 400 optimisation steps, KL to the reference policy, hybrid engine (actor,
-# reference and vLLM colocated on the same GPUs). Before launching it checks the prompts, the policy checkpoint and
-# the PRM gateway (`recipes/serve_prm.sh`).
+# reference and vLLM colocated on the same GPUs). Before launching it checks every value, the prompts, the policy
+# checkpoint, the PRM gateway (`recipes/serve_prm.sh`) and the GPUs; DRY_RUN=1 all but the GPUs and Ray.
 #
 #   bash recipes/serve_prm.sh &                                # Pers-GenPRM behind vLLM + the step-wise gateway
 #   bash recipes/train_cdpa.sh                                 # 1 node: starts a local Ray head if none answers
-#   DRY_RUN=1 bash recipes/train_cdpa.sh                       # check inputs, print the command, launch nothing
+#   DRY_RUN=1 bash recipes/train_cdpa.sh                       # check, print the command, launch nothing
 #   CDPA_MODE=process N_SAMPLES=8 bash recipes/train_cdpa.sh
 #   RAY_ADDRESS=http://head:8265 NNODES=4 bash recipes/train_cdpa.sh   # multi-node: a Ray cluster you started
 #   ESTIMATOR=group_norm bash recipes/train_cdpa.sh            # see train_grpo_baseline.sh for the GRPO baseline
@@ -41,7 +41,7 @@ TEMPERATURE=${TEMPERATURE:-1.0}
 MAX_STEPS=${MAX_STEPS:-400}
 ROLLOUT_BATCH_SIZE=${ROLLOUT_BATCH_SIZE:-32}
 KL_COEF=${KL_COEF:-1e-3}
-ACTOR_LR=${ACTOR_LR:-1e-6}
+LR=${LR:-1e-6}                      # actor learning rate
 TRACE_PATH=${TRACE_PATH:-$SAVE_PATH/critique_traces.jsonl}
 TRACE_SAMPLE_RATE=${TRACE_SAMPLE_RATE:-0.01}
 
@@ -57,56 +57,110 @@ SKIP_HEALTH_CHECK=${SKIP_HEALTH_CHECK:-0}
 AUTH_TOKEN_ENV=${AUTH_TOKEN_ENV:-}  # name of the env var holding the gateway's bearer token, if it has one
 
 RECIPE=${RECIPE:-$(basename "$0")}
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
-}
+# shellcheck source=lib/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 check_inputs() {
-  [[ -f $PROMPTS ]] || die "PROMPTS=$PROMPTS not found: run 'cdra data prepare --input <DeepPref files> --output $(dirname "$PROMPTS")' (or --prefeval) first"
-  local first
-  first=$(head -n 1 "$PROMPTS")
-  [[ $first == *"\"$INPUT_KEY\":"* && $first == *"\"$LABEL_KEY\":"* ]] ||
-    die "PROMPTS=$PROMPTS: first row lacks \"$INPUT_KEY\"/\"$LABEL_KEY\" (INPUT_KEY/LABEL_KEY); use rl_prompts.jsonl from 'cdra data prepare'"
-  [[ -z $EVAL_PROMPTS || -f $EVAL_PROMPTS ]] || die "EVAL_PROMPTS=$EVAL_PROMPTS not found"
-  if [[ $POLICY == /* || $POLICY == .* || -e $POLICY ]]; then
-    [[ -f $POLICY/config.json ]] || die "POLICY=$POLICY has no config.json: train it with recipes/train_policy_rft.sh or point POLICY at a checkpoint"
-  fi
-  [[ $N_SAMPLES -ge 2 ]] || die "N_SAMPLES=$N_SAMPLES: group estimators need at least 2 responses per prompt"
-  [[ $REWARD_URL == http*://*/get_reward ]] || die "REWARD_URL=$REWARD_URL must be the gateway's http://HOST:PORT/get_reward"
+  need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
+  need_choice SKIP_HEALTH_CHECK 0 1
+  check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
+  [[ -z $EVAL_PROMPTS ]] || check_jsonl EVAL_PROMPTS "set it to an eval.jsonl from 'cdra data prepare', or leave it empty" \
+    INPUT_KEY LABEL_KEY
+  need_int PROMPT_MAX_LEN 1
+  need_int GENERATE_MAX_LEN 1
+  check_model POLICY "train it with recipes/train_policy_rft.sh or point POLICY at a checkpoint folder or hub id"
+  [[ $REWARD_URL =~ ^https?://[^/]+/get_reward$ ]] || die "REWARD_URL=$REWARD_URL must be the gateway's http://HOST:PORT/get_reward"
+  [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoints"
+  need_choice ESTIMATOR cdpa group_norm dr_grpo rloo reinforce_baseline reinforce
+  need_choice CDPA_MODE token_position group_steps process outcome
+  need_choice CDPA_FAILURE_POLICY drop fail
+  need_int N_SAMPLES 1
+  ((N_SAMPLES >= 2)) || die "N_SAMPLES=$N_SAMPLES: group estimators need at least 2 responses per prompt"
+  need_number TEMPERATURE "x >= 0" ">= 0"
+  need_int MAX_STEPS 1
+  need_int ROLLOUT_BATCH_SIZE 1
+  need_number KL_COEF "x >= 0" ">= 0"
+  need_number LR "x > 0" "> 0 (a learning rate such as 1e-6)"
+  [[ -z $TRACE_PATH ]] || need_number TRACE_SAMPLE_RATE "x > 0 && x <= 1" "in (0, 1]"
+  need_int NNODES 1
+  need_int GPUS_PER_NODE 1
+  need_int VLLM_TP 1
+  (((NNODES * GPUS_PER_NODE) % VLLM_TP == 0)) ||
+    die "VLLM_TP=$VLLM_TP does not divide the NNODES x GPUS_PER_NODE = $((NNODES * GPUS_PER_NODE)) GPUs"
+  [[ $RAY_ADDRESS =~ ^https?://[^/]+$ ]] || die "RAY_ADDRESS=$RAY_ADDRESS: expected the Ray dashboard's http://HOST:PORT"
+  need_int SAVE_STEPS -1
+  need_env_var_name AUTH_TOKEN_ENV
 }
 
 check_gateway() {  # GET /health: every PRM backend up, and a failure policy this estimator honours
-  [[ $SKIP_HEALTH_CHECK == 1 ]] && return 0
-  python3 - "${REWARD_URL%/get_reward}/health" "$ESTIMATOR" "${AUTH_TOKEN_ENV:-}" <<'PY' ||
-import json, os, sys, urllib.request
+  if [[ $SKIP_HEALTH_CHECK == 1 ]]; then
+    note "SKIP_HEALTH_CHECK=1: the PRM gateway at $REWARD_URL is not checked"
+    return 0
+  fi
+  local status=0 answer
+  answer=$("$PYTHON" - "${REWARD_URL%/get_reward}/health" "$ESTIMATOR" "${AUTH_TOKEN_ENV:-}" <<'PY'
+
+import json, os, sys, urllib.error, urllib.request
 url, estimator, token_env = sys.argv[1:]
+def fail(reason, status=1):  # 3: nothing answered; 1: it answered, but cannot serve this run
+    print(reason)
+    sys.exit(status)
 request = urllib.request.Request(url)
 if token_env:
     request.add_header("Authorization", "Bearer " + os.environ[token_env])
 try:
     with urllib.request.urlopen(request, timeout=10) as r:
         health = json.load(r)
+except urllib.error.HTTPError as e:  # it answered: 503 when its backends are down, 401 without the token
+    try:
+        health = json.load(e)
+    except ValueError:
+        fail(f"GET {url}: HTTP {e.code}")
 except Exception as e:
-    sys.exit(f"GET {url}: {e}")
-print("gateway:", health.get("status"), "model", health.get("model"), "failure policy", health.get("failure_policy"))
+    fail(f"GET {url}: {getattr(e, 'reason', e)}", 3)
+policy = health.get("failure_policy")
 if health.get("status") != "ok":
-    sys.exit(f"gateway status {health.get('status')}: {health.get('backends')}")
-if estimator != "cdpa" and health.get("failure_policy") == "drop":
-    sys.exit("the gateway runs --failure-policy drop, which only cdra-train honours; OpenRLHF's " + estimator +
-             " would normalise the dropped samples' 0.0 into the advantages: restart it with FAILURE_POLICY=fail")
+    fail(f"status {health.get('status')}, backends {health.get('backends')}")
+if estimator != "cdpa" and policy == "drop":
+    fail("it runs --failure-policy drop, which only cdra-train honours (OpenRLHF's " + estimator
+         + " would normalise the dropped samples' 0.0 into the advantages): restart it with FAILURE_POLICY=fail")
+print(f"ok, model {health.get('model')}, failure policy {policy}")
 PY
-    die "the PRM gateway at $REWARD_URL is not usable (above): start it with recipes/serve_prm.sh, or set REWARD_URL"
+  ) || status=$?
+  if ((status == 0)); then
+    note "PRM gateway at $REWARD_URL: $answer"
+  elif ((status == 3)) && [[ $DRY_RUN == 1 ]]; then
+    note "warning: no PRM gateway answers at $REWARD_URL ($answer): DRY_RUN=1 goes on; start it (recipes/serve_prm.sh) before the real run"
+  else
+    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' failed}; start it with recipes/serve_prm.sh, or set REWARD_URL"
+  fi
+}
+
+check_ray_gpus() {  # the GPUs this run is told to use: NNODES x GPUS_PER_NODE
+  local want=$((NNODES * GPUS_PER_NODE)) have
+  if [[ $NNODES == 1 && $RAY_ADDRESS =~ ^https?://(127\.0\.0\.1|localhost)(:[0-9]+)?$ ]]; then
+    check_gpus "$GPUS_PER_NODE" "GPUS_PER_NODE=$GPUS_PER_NODE on this node"
+    return 0
+  fi
+  local nodes
+  nodes=$(ray list nodes --address "$RAY_ADDRESS" --format json --limit 10000 2>/dev/null) ||
+    die "no Ray cluster answers at RAY_ADDRESS=$RAY_ADDRESS: start one ('ray start --head' on the head node, 'ray start --address HEAD_IP:6379' on the others)"
+  have=$("$PYTHON" -c '
+import json, sys
+print(int(sum(n["resources_total"].get("GPU", 0) for n in json.load(sys.stdin) if n.get("state") == "ALIVE")))' <<<"$nodes")
+  ((have >= want)) || die "the Ray cluster at $RAY_ADDRESS has $have GPU(s); NNODES=$NNODES x GPUS_PER_NODE=$GPUS_PER_NODE = $want needed"
 }
 
 num_steps_plan() {  # episodes so that the run reaches MAX_STEPS rollout batches (one optimiser step each)
   local prompts steps_per_episode
   prompts=$(grep -c . "$PROMPTS")
   steps_per_episode=$((prompts / ROLLOUT_BATCH_SIZE))
-  [[ $steps_per_episode -ge 1 ]] || die "PROMPTS has $prompts prompts, fewer than ROLLOUT_BATCH_SIZE=$ROLLOUT_BATCH_SIZE"
+  ((steps_per_episode >= 1)) ||
+    die "PROMPTS=$PROMPTS has $prompts prompt(s), fewer than ROLLOUT_BATCH_SIZE=$ROLLOUT_BATCH_SIZE: set ROLLOUT_BATCH_SIZE=$prompts or lower (or use more prompts)"
   EPISODES=$(((MAX_STEPS + steps_per_episode - 1) / steps_per_episode))
   MAX_SAMPLES=$(((MAX_STEPS * ROLLOUT_BATCH_SIZE + EPISODES - 1) / EPISODES))
-  echo "$RECIPE: $prompts prompts, $EPISODES episode(s) of $((MAX_SAMPLES / ROLLOUT_BATCH_SIZE)) steps (MAX_STEPS=$MAX_STEPS)"
+  note "$prompts prompts, $EPISODES episode(s) of $((MAX_SAMPLES / ROLLOUT_BATCH_SIZE)) steps (MAX_STEPS=$MAX_STEPS)"
 }
 
 check_inputs
@@ -152,7 +206,7 @@ ALGO_ARGS=(
   --algo.kl.use_loss
   --algo.kl.estimator k3
   --algo.kl.init_coef "$KL_COEF"
-  --actor.adam.lr "$ACTOR_LR"
+  --actor.adam.lr "$LR"
 )
 if [[ $ESTIMATOR == cdpa ]]; then
   ALGO_ARGS+=(--cdpa.mode "$CDPA_MODE" --cdpa.failure_policy "$CDPA_FAILURE_POLICY")
@@ -187,15 +241,19 @@ CMD=(ray job submit --address "$RAY_ADDRESS" --
   "${ENTRY[@]}" "${DATA_ARGS[@]}" "${MODEL_ARGS[@]}" "${ALGO_ARGS[@]}" "${RESOURCE_ARGS[@]}" "${LOG_ARGS[@]}"
   "${EXTRA[@]}")
 
+check_gateway
 if [[ $DRY_RUN == 1 ]]; then
+  note "DRY_RUN=1: every value and input checked, and the gateway (above); ray, the Ray cluster and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo
   exit 0
 fi
-check_gateway
-command -v ray >/dev/null || die "'ray' is not on PATH: activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
-if ! ray status --address "${RAY_ADDRESS#http://}" >/dev/null 2>&1 && [[ $NNODES == 1 ]]; then
-  echo "$RECIPE: no Ray cluster at $RAY_ADDRESS: starting a local head with $GPUS_PER_NODE GPUs"
+command -v ray >/dev/null || die "'ray' is not on PATH: activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
+check_ray_gpus
+if [[ $NNODES == 1 ]] && ! ray list nodes --address "$RAY_ADDRESS" --limit 1 >/dev/null 2>&1; then
+  [[ $RAY_ADDRESS =~ ^https?://(127\.0\.0\.1|localhost)(:8265)?$ ]] ||
+    die "no Ray cluster answers at RAY_ADDRESS=$RAY_ADDRESS: start it, or unset RAY_ADDRESS to start a local one here"
+  note "no Ray cluster at $RAY_ADDRESS: starting a local head with $GPUS_PER_NODE GPUs"
   ray start --head --num-gpus "$GPUS_PER_NODE" --dashboard-host 127.0.0.1 >/dev/null
 fi
 mkdir -p "$SAVE_PATH"

@@ -5,6 +5,7 @@
 #   CDRA_VENV=/opt/cdra bash scripts/setup_env.sh
 #   CDRA_DEVICE=cpu|gpu                  # force a flavour; default: gpu when nvidia-smi sees a GPU
 #   CDRA_TORCH_INDEX=URL                 # CPU flavour: index for the torch 2.13.0 CPU wheel (default: pip's own)
+#   bash scripts/setup_env.sh --check    # exit 0 when the environment is built for today's requirements, else 1
 #
 # With an NVIDIA GPU it installs the normal wheels (openrlhf[vllm], a compiled flash-attn). Without one it follows
 # the CPU recipe verified in DESIGN.md: torch 2.13.0 CPU, vllm 0.29.0 without torchvision/torchaudio (their PyPI
@@ -37,6 +38,10 @@ fi
 STAMP_INPUT="$(cat "$REPO_DIR/setup.py" "$REPO_DIR/scripts/setup_env.sh"; echo "$DEVICE $PYVER")"
 WANT_HASH="$(printf '%s' "$STAMP_INPUT" | sha256sum | cut -d' ' -f1)"
 STAMP="$VENV/.cdra-env-stamp"
+if [[ "${1:-}" == --check ]]; then
+  [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT_HASH" ]]
+  exit
+fi
 
 check_env() {
   "$VENV/bin/python" - <<'PY'
@@ -94,8 +99,8 @@ PY
   "${PIP[@]}" openrlhf==0.11.2 torch==2.13.0
 fi
 
-say "installing cdra-plugin (editable) with test extras"
-"${PIP[@]}" --no-build-isolation -e "$REPO_DIR[test]" $([[ "$DEVICE" == cpu ]] && echo torch==2.13.0)
+say "installing cdra-plugin (editable) with the test and trl extras"
+"${PIP[@]}" --no-build-isolation -e "$REPO_DIR[test,trl]" $([[ "$DEVICE" == cpu ]] && echo torch==2.13.0)
 
 if [[ "$DEVICE" == cpu ]]; then
   # A later install can pull these back; remove them every time (DESIGN.md step 5).

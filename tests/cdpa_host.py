@@ -15,7 +15,7 @@ def host_args(monkeypatch, argv: list[str]):
     import openrlhf.utils
     import ray
 
-    from cdra_plugin import train
+    from cdra_plugin.openrlhf import train
 
     seen = {}
 
@@ -32,7 +32,7 @@ def host_args(monkeypatch, argv: list[str]):
 
 def cdpa_args(monkeypatch, model_path, *extra: str, group_size: int = 2):
     """Host args for a CDPA run, with ``args.cdpa`` attached by the real launcher."""
-    from cdra_plugin.train import CDPATrainerLauncher, split_argv
+    from cdra_plugin.openrlhf.train import CDPATrainerLauncher, split_argv
 
     argv = [
         "--actor.model_name_or_path",
@@ -48,15 +48,27 @@ def cdpa_args(monkeypatch, model_path, *extra: str, group_size: int = 2):
         *extra,
     ]
     args = host_args(monkeypatch, argv)
-    cdpa, _, is_cdpa = split_argv(argv)
+    config, _, is_cdpa = split_argv(argv)
 
     class Recorder:
         @staticmethod
         def remote(pretrain, strategy, *a, **kw):
             return strategy
 
-    CDPATrainerLauncher(Recorder, cdpa, is_cdpa).remote(str(model_path), SimpleNamespace(args=args))
+    CDPATrainerLauncher(Recorder, config, is_cdpa).remote(str(model_path), SimpleNamespace(args=args))
     return args
+
+
+def cdpa_maker(args, tokenizer, tracer=None):
+    """The CDPA experience maker as the trainers install it: made from the host's own, built by the host."""
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    from cdra_plugin.openrlhf.experience_maker import CDPAExperienceMaker
+
+    kl = FixedKLController(args.algo.kl.init_coef)
+    host = RemoteExperienceMaker(None, None, None, None, kl, SimpleNamespace(args=args), tokenizer)
+    return CDPAExperienceMaker.from_host(host, tracer=tracer)
 
 
 def make_experience(tokenizer, prompt_text: str, response_text: str, reward_info: dict | None, label: dict):

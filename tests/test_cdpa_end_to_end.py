@@ -1,13 +1,19 @@
 """CDPA end to end on the CPU: policy responses -> the real gateway (scripted PRM behind it) -> OpenRLHF's own reward
-client and Experience construction -> the CDPA experience maker -> advantages and critique traces."""
+client and Experience construction -> the CDPA experience maker -> advantages, logged diagnostics, critique traces.
+
+The trace this writes is the example shipped as ``examples/traces/cdpa_sample.jsonl``; after a deliberate change
+of the format, rewrite it with ``CDRA_UPDATE_EXAMPLES=1 pytest tests/test_cdpa_end_to_end.py``."""
 
 import asyncio
 import json
 import math
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
-from cdpa_host import cdpa_args, make_experience, query_text
+from cdpa_host import cdpa_args, cdpa_maker, make_experience, query_text
 
 from cdra_plugin.carrier import FAILED_KEY
 from cdra_plugin.cli import build_parser, main
@@ -15,26 +21,32 @@ from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.prompts import policy_prompt
 from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
-from cdra_plugin.traces import CritiqueTracer
 
-LABEL = {"preference": "I avoid crowds.", "question": "Where should I travel in May?", "id": "travel/3", "topic": "t"}
+ROOT = Path(__file__).parents[1]
+EXAMPLE_TRACE = ROOT / "examples" / "traces" / "cdpa_sample.jsonl"
+
+CROWDS = {"preference": "I avoid crowds.", "question": "Where should I travel in May?", "id": "travel/3", "topic": "t"}
+SEASICK = {"preference": "I get seasick.", "question": "A weekend by the sea?", "id": "travel/7", "topic": "t"}
 FAST = ["--timeout", "0.5", "--retries", "1", "--backoff", "0.001", "--backoff-max", "0.002"]
 EOT = "<|im_end|>"
 RESPONSES = [  # two prompts x G = 2; the tags tell the scripted PRM what to answer for each step
-    "Step 1: You value calm. [score=0.8]\nStep 2: Go to Lofoten. [score=0.2]" + EOT,
-    "Step 1: You like cities. [score=0.4]\nStep 2: Try Rome in spring. [score=0.6]" + EOT,
-    "Step 1: Quiet matters. [score=0.5]\nStep 2: Visit the Azores. [http=500]" + EOT,  # PRM keeps failing: drop
-    "Step 1: Off-season. [score=-0.3]\nStep 2: Iceland's east. [score=0.9]" + EOT,
+    (CROWDS, "Step 1: You value calm. [score=0.8]\nStep 2: Go to Lofoten in late May. [score=0.2]" + EOT),
+    (CROWDS, "Step 1: You like cities. [score=0.4]\nStep 2: Try Rome in spring. [score=0.6]" + EOT),
+    (SEASICK, "Step 1: Boats are out. [score=0.5]\nStep 2: A ferry to the Azores. [http=500]" + EOT),  # drop
+    (SEASICK, "Step 1: Stay on land. [score=-0.3]\nStep 2: Cliff walks in Cornwall. [score=0.9]" + EOT),
 ]
 
 
 @pytest.fixture(scope="module")
 def prompt_text(tiny_tokenizer):
-    messages = [{"role": "user", "content": policy_prompt(LABEL["preference"], LABEL["question"])}]
-    return tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def text(label):
+        messages = [{"role": "user", "content": policy_prompt(label["preference"], label["question"])}]
+        return tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return {label["id"]: text(label) for label in (CROWDS, SEASICK)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gateway_url():
     with ScriptedLLM(prm_step_judge(default=0.5)) as llm:
         argv = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--max-steps", "8"]
@@ -43,33 +55,42 @@ def gateway_url():
             yield server.url, llm
 
 
-def test_cdpa_from_gateway_to_advantages_and_traces(monkeypatch, tmp_path, capsys, gateway_url, tiny_model_path,
-                                                     tiny_tokenizer, prompt_text):  # fmt: skip
-    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+def rollout_samples(url, tiny_tokenizer, prompt_text):
+    """The four RESPONSES as the host's samples, rewarded through the gateway by OpenRLHF's own reward client."""
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    from cdra_plugin.openrlhf.experience_maker import CDPAExperienceMaker
-
-    url, llm = gateway_url
     executor = SingleTurnAgentExecutor(remote_rm_url=url + "/get_reward")
-    label = json.dumps(LABEL)
     samples = []
-    for response in RESPONSES:  # one reward call per sample, as the vLLM actors make them
-        query = query_text(tiny_tokenizer, prompt_text, response)
-        [info] = asyncio.run(executor._fetch_rewards_via_http([query], [prompt_text], [label]))
-        samples.append(make_experience(tiny_tokenizer, prompt_text, response, info, LABEL))
-    prm_calls = len(llm.requests)
+    for label, response in RESPONSES:  # one reward call per sample, as the vLLM actors make them
+        prompt = prompt_text[label["id"]]
+        query = query_text(tiny_tokenizer, prompt, response)
+        [info] = asyncio.run(executor._fetch_rewards_via_http([query], [prompt], [json.dumps(label)]))
+        samples.append(make_experience(tiny_tokenizer, prompt, response, info, label))
+    return samples
 
-    trace_path = tmp_path / "traces.jsonl"
-    args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.trace_path", str(trace_path),
-                     "--cdpa.trace_sample_rate", "1.0", "--rollout.micro_batch_size", "1")  # fmt: skip
-    args.reward.remote_url = [url + "/get_reward"]
-    maker = CDPAExperienceMaker(None, None, None, None, FixedKLController(0.0), type("S", (), {"args": args})(),
-                                tiny_tokenizer, tracer=CritiqueTracer.from_args(args))  # fmt: skip
+
+def cdpa_batch(monkeypatch, url, samples, tiny_model_path, tiny_tokenizer, *options: str):
+    """The samples through the CDPA experience maker (the host's split; KL 0: the model forwards need GPUs)."""
+    from cdra_plugin.openrlhf.tracer import CritiqueTracer
+
+    args = cdpa_args(monkeypatch, tiny_model_path, "--rollout.micro_batch_size", "1", *options)
+    # two gateways, the first one down: the tracer asks each in turn for its cached critiques
+    args.reward.remote_url = ["http://127.0.0.1:9/get_reward", url + "/get_reward"]
+    maker = cdpa_maker(args, tiny_tokenizer, tracer=CritiqueTracer.from_args(args))
     experiences = maker.split_rollout_samples(samples)
     for exp in experiences:
         exp.kl = torch.zeros(exp.action_mask.shape)
-    experiences = maker.compute_advantages_and_returns(experiences)
+    return maker.compute_advantages_and_returns(experiences)
+
+
+def test_cdpa_from_gateway_to_advantages_and_traces(monkeypatch, tmp_path, capsys, gateway_url, tiny_model_path,
+                                                     tiny_tokenizer, prompt_text):  # fmt: skip
+    url, llm = gateway_url
+    trace_path = tmp_path / "traces.jsonl"
+    samples = rollout_samples(url, tiny_tokenizer, prompt_text)
+    prm_calls = len(llm.requests)
+    experiences = cdpa_batch(monkeypatch, url, samples, tiny_model_path, tiny_tokenizer,
+                             "--cdpa.trace_path", str(trace_path), "--cdpa.trace_sample_rate", "1.0")  # fmt: skip
 
     rows = [(e.advantages[0], e.action_mask[0].bool(), e.info) for e in experiences]
     failed = [info[FAILED_KEY].item() for _, _, info in rows]
@@ -90,9 +111,45 @@ def test_cdpa_from_gateway_to_advantages_and_traces(monkeypatch, tmp_path, capsy
         "Reasoning: The step infers the preference plausibly."
     ] * 2
     assert records[0]["mean_advantage"][0] > 0 > records[0]["mean_advantage"][1]
-    assert records[0]["steps"][1].startswith("Go to Lofoten.")
+    assert records[2]["scores"] == [None, None] and records[2]["mean_advantage"] == [0.0, 0.0]
+    assert records[0]["steps"][1] == "Go to Lofoten in late May. [score=0.2]"  # the end-of-sequence token removed
+    assert [r["prompt_id"] for r in records] == ["travel/3", "travel/3", "travel/7", "travel/7"]
     assert len(llm.requests) == prm_calls  # critiques came from the gateway's cache: nothing was scored again
 
     assert main(["traces", "show", str(trace_path), "--index", "0", "--no-colour"]) == 0
     shown = capsys.readouterr().out
     assert "Step 1  score +0.80  advantage +0.707" in shown and "critique: Reasoning: The step infers" in shown
+
+    written = trace_path.read_text(encoding="utf-8")
+    if os.environ.get("CDRA_UPDATE_EXAMPLES") == "1":
+        EXAMPLE_TRACE.write_text(written, encoding="utf-8")
+    assert EXAMPLE_TRACE.read_text(encoding="utf-8") == written, (
+        f"{EXAMPLE_TRACE.relative_to(ROOT)} is not what the tracer writes now; if the change is meant, rewrite it: "
+        "CDRA_UPDATE_EXAMPLES=1 pytest tests/test_cdpa_end_to_end.py"
+    )
+
+
+def test_the_diagnostics_that_reach_the_training_logs_are_documented(
+    monkeypatch, gateway_url, tiny_model_path, tiny_tokenizer, prompt_text
+):
+    """Every info entry survives the host's replay buffer as one number per sample (the actor's training_step logs
+    each as a sample-weighted metric, wandb/TensorBoard as train/<key>); the cdpa_*/prm_* ones are the README's."""
+    from openrlhf.trainer.ppo_utils.experience import (
+        make_experience_batch,
+        remove_padding_in_sequences,
+        split_experience_batch,
+    )
+
+    url, _ = gateway_url
+    samples = rollout_samples(url, tiny_tokenizer, prompt_text)
+    experiences = cdpa_batch(monkeypatch, url, samples, tiny_model_path, tiny_tokenizer)
+    items = [item for exp in experiences for item in remove_padding_in_sequences(split_experience_batch(exp))]
+    batch = make_experience_batch(items)  # what NaiveReplayBuffer.append + sample do
+    for key, values in batch.info.items():
+        assert len(values) == len(items) and all(torch.as_tensor(v).numel() == 1 for v in values), key
+    logged = {key for key in batch.info if key.startswith(("cdpa_", "prm_"))}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Train with CDPA") :].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`train/((?:cdpa|prm)_\w+)`", section))
+    # group_steps and process modes log cdpa_flat_step_group_frac in place of the two *_position_frac
+    assert logged | {"cdpa_flat_step_group_frac"} == documented

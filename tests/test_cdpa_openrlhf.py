@@ -1,11 +1,13 @@
-"""Issue 6: CDPA inside the real OpenRLHF classes (CPU): parser, experiences, advantages, one policy-gradient step."""
+"""CDPA inside the real OpenRLHF classes (CPU): parser, experiences, advantages, one policy-gradient step."""
 
+import dataclasses
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
-from cdpa_host import cdpa_args, host_args, make_experience
+from cdpa_host import cdpa_args, cdpa_maker, host_args, make_experience
 
 from cdra_plugin.carrier import FAILED_KEY, STEP_KEY, encode_step_scores
 from cdra_plugin.prompts import policy_prompt
@@ -24,15 +26,6 @@ def reward(scores, width=8):
     info = {"rewards": float(sum(scores or [])), "scores": 0.5, "extra_logs": encode_step_scores(scores, width)}
     info["extra_logs"]["prm_num_steps"] = float(len(scores or []))
     return info
-
-
-def maker_for(args, tokenizer):
-    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
-
-    from cdra_plugin.openrlhf.experience_maker import CDPAExperienceMaker
-
-    strategy = SimpleNamespace(args=args)
-    return CDPAExperienceMaker(None, None, None, None, FixedKLController(args.algo.kl.init_coef), strategy, tokenizer)
 
 
 def run_advantages(maker, samples, kl=None):
@@ -64,6 +57,13 @@ def test_cli_is_the_host_parser_plus_cdpa(monkeypatch, tiny_model_path):
         (["--algo.advantage.estimator", "cdpa"], "n_samples_per_prompt >= 2"),
         (["--algo.advantage.estimator", "cdpa", "--rollout.n_samples_per_prompt", "4"], "--reward.remote_url"),
         (["--algo.advantage.estimator", "nope"], "invalid choice: 'nope'"),
+        (["--cdpa.eps", "-1"], "--cdpa.eps must be >= 0"),
+        (["--cdpa.trace_sample_rate", "2"], "--cdpa.trace_sample_rate must be within [0, 1]"),
+        (["--cdpa.trace_max_mb", "0"], "--cdpa.trace_max_mb must be > 0"),
+        (["--cdpa.outcome_aggregation", "max"], "invalid choice: 'max'"),
+        (["--cdpa.reward_aggregation", "mean"], "unknown option --cdpa.reward_aggregation; the CDPA options are"),
+        (["--cdpa.mod", "process"], "unknown option --cdpa.mod"),
+        (["--algo.advantage.estimator", "group_norm", "--cdpa.mode", "process"], "--cdpa.mode applies only with"),
     ],
 )
 def test_cli_errors_name_the_option(monkeypatch, capsys, argv, message):
@@ -71,6 +71,70 @@ def test_cli_errors_name_the_option(monkeypatch, capsys, argv, message):
         host_args(monkeypatch, argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_one_config_owns_the_cdpa_options(monkeypatch, tiny_model_path):
+    from cdra_plugin import advantage
+    from cdra_plugin.openrlhf.config import CDPAConfig
+    from cdra_plugin.openrlhf.train import build_cdpa_parser
+
+    fields = {f.name: f for f in dataclasses.fields(CDPAConfig)}
+    assert fields["mode"].metadata["choices"] is advantage.MODES
+    assert fields["outcome_aggregation"].metadata["choices"] is advantage.OUTCOME_AGGREGATIONS
+    options = {a.dest: a for a in build_cdpa_parser()._actions}
+    assert sorted(options) == sorted(f"cdpa.{name}" for name in fields)
+    assert all(options[f"cdpa.{name}"].default == f.default for name, f in fields.items())
+    assert CDPAConfig(eps=0.0).eps == 0.0  # the rule of cdpa_advantages: sigma = 0 already gives A = 0
+    args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.eps", "0", "--cdpa.outcome_aggregation", "mean")
+    assert args.cdpa == CDPAConfig(eps=0.0, outcome_aggregation="mean")
+
+
+def test_readme_lists_every_cdpa_option_with_its_default():
+    from pathlib import Path
+
+    from cdra_plugin.openrlhf.config import CDPAConfig
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for f in dataclasses.fields(CDPAConfig):
+        default = "off" if f.default is None else f.default
+        assert f"| `--cdpa.{f.name}` | `{default}` |" in readme, f"README: no table row for --cdpa.{f.name}"
+    documented = set(re.findall(r"--cdpa\.(\w+)", readme))
+    assert documented == {f.name for f in dataclasses.fields(CDPAConfig)}, "README names a --cdpa option that is gone"
+
+
+def test_help_prints_the_cdpa_options_before_loading_the_host(monkeypatch):
+    """The CDPA part is flushed before the host module runs, and getting there imports no part of the host."""
+    import io
+    import subprocess
+    import sys
+
+    from cdra_plugin.openrlhf import train
+
+    class Recorder(io.StringIO):
+        """Keeps what had been written at each flush: what a pipe or a terminal had received by then."""
+
+        def __init__(self):
+            super().__init__()
+            self.flushed = []
+
+        def flush(self):
+            self.flushed.append(self.getvalue())
+            super().flush()
+
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as exit_info:
+        train.run(["--algo.advantage.estimator", "cdpa", "--help"])
+    assert exit_info.value.code == 0
+    assert "--cdpa.mode" in out.flushed[0] and "--actor.model_name_or_path" not in out.flushed[0]
+    assert "--actor.model_name_or_path" in out.getvalue()  # then the host's options
+
+    code = (
+        "import sys; from cdra_plugin.train import main; from cdra_plugin.openrlhf.train import build_cdpa_parser; "
+        "build_cdpa_parser().format_help(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('openrlhf', 'deepspeed', 'vllm', 'ray')))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_other_estimators_run_the_host_code_unchanged(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
@@ -88,7 +152,7 @@ def test_other_estimators_run_the_host_code_unchanged(monkeypatch, tiny_model_pa
             for t, r in zip(texts, rewards, strict=True)
         ]
 
-    ours = run_advantages(maker_for(args, tiny_tokenizer), build())
+    ours = run_advantages(cdpa_maker(args, tiny_tokenizer), build())
     strategy = SimpleNamespace(args=args)
     host = RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tiny_tokenizer)
     theirs = run_advantages(host, build())
@@ -107,7 +171,7 @@ def test_hand_worked_eq3_through_host_experiences(monkeypatch, tiny_model_path, 
         make_experience(tiny_tokenizer, prompt_text, text_a, reward([0.8, 0.2]), LABEL),
         make_experience(tiny_tokenizer, prompt_text, text_b, reward([0.4]), LABEL),
     ]
-    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+    (exp,) = run_advantages(cdpa_maker(args, tiny_tokenizer), samples)
 
     boundary = text_a.index("Step 2")
     starts_a, n_b = char_starts(tiny_tokenizer, text_a), len(char_starts(tiny_tokenizer, text_b))
@@ -139,7 +203,7 @@ def test_failed_and_mismatched_samples_are_dropped_and_counted(
         make_experience(tiny_tokenizer, prompt_text, good, reward([0.2, 0.6]), LABEL),
         make_experience(tiny_tokenizer, prompt_text, good, reward([0.4, 0.1]), LABEL),
     ]
-    exps = run_advantages(maker_for(args, tiny_tokenizer), samples)
+    exps = run_advantages(cdpa_maker(args, tiny_tokenizer), samples)
     failed = torch.cat([e.info[FAILED_KEY] for e in exps]).tolist()
     mismatch = torch.cat([e.info["cdpa_mismatch"] for e in exps]).tolist()
     assert failed == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0] and mismatch == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
@@ -148,10 +212,10 @@ def test_failed_and_mismatched_samples_are_dropped_and_counted(
     # Group 0 is then samples 0 and 1 only: two values per position -> +-1/sqrt(2), the failed one not counted.
     assert adv[0][adv[0] != 0].abs().sub(1 / math.sqrt(2)).abs().max() < 1e-5
 
-    args.cdpa.failure_policy = "fail"
+    args.cdpa = dataclasses.replace(args.cdpa, failure_policy="fail")
     samples[2] = make_experience(tiny_tokenizer, prompt_text, good, reward(None), LABEL)
     with pytest.raises(RuntimeError, match="PRM scoring failed for 1 samples"):
-        run_advantages(maker_for(args, tiny_tokenizer), samples[:3] + samples[4:5] + samples[5:6])
+        run_advantages(cdpa_maker(args, tiny_tokenizer), samples[:3] + samples[4:5] + samples[5:6])
 
 
 def test_reward_call_that_never_returned(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
@@ -161,16 +225,16 @@ def test_reward_call_that_never_returned(monkeypatch, tiny_model_path, tiny_toke
         make_experience(tiny_tokenizer, prompt_text, text, reward([0.5]), LABEL),
         make_experience(tiny_tokenizer, prompt_text, text, None, LABEL),  # the host logged the HTTP error, went on
     ]
-    maker = maker_for(args, tiny_tokenizer)
+    maker = cdpa_maker(args, tiny_tokenizer)
     maker._check_rewards(samples)
     assert set(samples[1].info) == set(samples[0].info) and samples[1].info[FAILED_KEY].item() == 1.0
     (exp,) = run_advantages(maker, samples)
     assert (exp.advantages == 0).all() and exp.info[FAILED_KEY].tolist() == [0.0, 1.0]
 
-    args.cdpa.failure_policy = "fail"
+    args.cdpa = dataclasses.replace(args.cdpa, failure_policy="fail")
     samples[1] = make_experience(tiny_tokenizer, prompt_text, text, None, LABEL)
     with pytest.raises(RuntimeError, match="1 of 2 samples came back without a PRM reward"):
-        maker_for(args, tiny_tokenizer).make_experience_batch(samples)
+        cdpa_maker(args, tiny_tokenizer).make_experience_batch(samples)
 
 
 def test_kl_reward_is_added_as_in_the_host(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
@@ -180,7 +244,7 @@ def test_kl_reward_is_added_as_in_the_host(monkeypatch, tiny_model_path, tiny_to
         make_experience(tiny_tokenizer, prompt_text, t, reward(r), LABEL)
         for t, r in zip(texts, [[0.9, 0.1], [0.5]], strict=True)
     ]
-    plain = run_advantages(maker_for(cdpa_args(monkeypatch, tiny_model_path), tiny_tokenizer), build)[0].advantages
+    plain = run_advantages(cdpa_maker(cdpa_args(monkeypatch, tiny_model_path), tiny_tokenizer), build)[0].advantages
 
     generator = torch.Generator().manual_seed(0)
     kl_values = {}
@@ -193,7 +257,7 @@ def test_kl_reward_is_added_as_in_the_host(monkeypatch, tiny_model_path, tiny_to
         make_experience(tiny_tokenizer, prompt_text, t, reward(r), LABEL)
         for t, r in zip(texts, [[0.9, 0.1], [0.5]], strict=True)
     ]
-    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), build, kl=kl)
+    (exp,) = run_advantages(cdpa_maker(args, tiny_tokenizer), build, kl=kl)
     kl_return = (-0.1 * kl_values["kl"]).flip(1).cumsum(1).flip(1) * exp.action_mask
     torch.testing.assert_close(exp.advantages, plain + kl_return)
 
@@ -216,13 +280,22 @@ def test_trainer_variants_install_the_cdpa_experience_maker(monkeypatch, tiny_mo
     install_cdpa_experience_maker(trainer)
     swapped = trainer.experience_maker
     assert isinstance(swapped, CDPAExperienceMaker) and swapped.tracer is None
+    assert all(getattr(swapped, k) is v for k, v in vars(host).items())  # the host's state, shared (KL controller!)
     assert (swapped.actor_model_group, swapped.initial_model_group, swapped.kl_ctl) == ("actor", "ref", kl)
+
+    class OtherPlugin(RemoteExperienceMaker):
+        pass
+
+    trainer.experience_maker = OtherPlugin(None, None, None, None, kl, SimpleNamespace(args=args), tiny_tokenizer)
+    with pytest.raises(TypeError, match="OtherPlugin, not OpenRLHF's RemoteExperienceMaker"):
+        install_cdpa_experience_maker(trainer)
 
 
 def test_importing_the_plugin_changes_nothing_in_the_host():
     import openrlhf.trainer.ppo_trainer as sync_module
 
     before = sync_module.PPOTrainer
+    import cdra_plugin.openrlhf.train  # noqa: F401
     import cdra_plugin.openrlhf.trainer  # noqa: F401
     import cdra_plugin.train  # noqa: F401
 
@@ -245,7 +318,7 @@ def test_one_policy_gradient_step_follows_the_step_advantages(
         make_experience(tiny_tokenizer, prompt_text, texts[0], reward([0.9, -0.6]), LABEL),
         make_experience(tiny_tokenizer, prompt_text, texts[1], reward([-0.2, 0.7]), LABEL),
     ]
-    (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+    (exp,) = run_advantages(cdpa_maker(args, tiny_tokenizer), samples)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -282,6 +355,38 @@ def test_host_length_penalty_shifts_the_step_scores(monkeypatch, tiny_model_path
             make_experience(tiny_tokenizer, prompt_text, long, reward([0.9, 0.9]), LABEL),
             make_experience(tiny_tokenizer, prompt_text, short, reward([0.5]), LABEL),
         ]
-        (exp,) = run_advantages(maker_for(args, tiny_tokenizer), samples)
+        (exp,) = run_advantages(cdpa_maker(args, tiny_tokenizer), samples)
         first = exp.advantages[0][exp.action_mask[0].bool()][:n_short]
         torch.testing.assert_close(first, torch.full((n_short,), sign / math.sqrt(2)), atol=1e-5, rtol=0)
+
+
+def test_reward_clip_range_is_honoured_as_the_host_honours_it(
+    monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text
+):
+    """One-step responses of one length: Eq. 3 then equals group_norm token for token, so with a clip range and KL
+    reward CDPA must give the host's own group_norm advantages: clamp(normalised reward) + KL return-to-go."""
+    from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    text = "Step 1: quiet gardens far from the farm." + EOT
+    common = ["--reward.clip_range", "-0.5", "0.5", "--algo.kl.init_coef", "0.1"]
+
+    def advantages(maker):
+        samples = [make_experience(tiny_tokenizer, prompt_text, text, reward([s]), LABEL) for s in (0.9, 0.3, 0.5)]
+        generator = torch.Generator().manual_seed(0)
+        (exp,) = run_advantages(maker, samples, kl=lambda e: torch.rand(e.action_mask.shape, generator=generator))
+        return exp
+
+    args = cdpa_args(monkeypatch, tiny_model_path, *common, group_size=3)
+    ours = advantages(cdpa_maker(args, tiny_tokenizer))
+    argv = ["--actor.model_name_or_path", str(tiny_model_path), "--algo.advantage.estimator", "group_norm"]
+    argv += ["--rollout.n_samples_per_prompt", "3", "--rollout.micro_batch_size", "8", "--reward.remote_url", "x.py"]
+    argv += common
+    plain = host_args(monkeypatch, argv)
+    kl = FixedKLController(plain.algo.kl.init_coef)
+    theirs = advantages(RemoteExperienceMaker(None, None, None, None, kl, SimpleNamespace(args=plain), tiny_tokenizer))
+    mask = ours.action_mask.bool()  # the host leaves its return-to-go on the prompt positions (masked in the loss)
+    torch.testing.assert_close(ours.advantages[mask], theirs.advantages[mask], atol=1e-5, rtol=0)
+    assert ours.advantages[mask].abs().max() > 0.5  # the KL return is added after the clamp, as in the host
+    # 0.9 and 0.3 normalise to +1.09 and -0.87 (clamped to +-0.5), 0.5 to -0.22 (kept): 2 of 3 responses' tokens
+    assert ours.info["cdpa_clipped_token_frac"][0].item() == pytest.approx(2 / 3)

@@ -1,11 +1,9 @@
-"""`cdra data prepare` end to end: outputs and their contracts, stats, the split, overwrite policy, atomicity."""
+"""`cdra data prepare` end to end: outputs and their contracts, stats, the split, the overwrite policy.
+
+All-or-nothing writing, interrupts and crashes: test_data_writer.py.
+"""
 
 import json
-import os
-import resource
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from cdra_plugin.cli import main
 from cdra_plugin.data.hf import load_deeppref_dataset
 from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.split import SplitError, topic_quotas
-from cdra_plugin.data.writer import AtomicFiles
 from cdra_plugin.prompts import parse_score, policy_prompt, prm_prompt, render_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,11 +142,12 @@ def test_prm_examples_per_node_versus_per_path_and_top_k(tmp_path):
         prepare_deeppref(src, tmp_path / "x", PrepareOptions(eval_size=0, top_k=0, progress=False))
 
 
-def test_out_of_range_scores_are_kept_in_the_target_and_counted(tmp_path):
+def test_out_of_range_scores_are_written_at_the_scale_end_and_counted(tmp_path):
     src = write_deeppref(tmp_path, "T", [record({"0": ["1"], "1": ["2"]}, scores={"1": 1.5, "2": -3})])
     stats = prepare_deeppref(src, tmp_path / "o", PrepareOptions(eval_size=0, progress=False))
     targets = [r["output"][0]["content"] for r in rows(tmp_path / "o" / "prm_sft.jsonl")]
-    assert [t.splitlines()[-1] for t in targets] == ["SCORE: 1.5", "SCORE: -3"]
+    # the PRM is trained on the Fig. 15 scale: the gateway rejects a score off it (prompts.prm_target)
+    assert [t.splitlines()[-1] for t in targets] == ["SCORE: 1", "SCORE: -1"]
     assert [parse_score(t) for t in targets] == [1.0, -1.0]
     assert stats["prm_scores"]["histogram"]["above_1"] == 1 and stats["prm_scores"]["histogram"]["below_-1"] == 1
 
@@ -221,7 +219,8 @@ def test_eval_size_errors_and_zero(tmp_path, capsys):
     out = tmp_path / "o"
     code = main(["data", "prepare", "--input", str(SAMPLE), "--output", str(out), "--no-progress"])
     assert code == 1 and not out.exists()
-    assert "--eval-size 300 is more than the 8 distinct scenarios" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--eval-size 300 is more than the 8 distinct scenarios" in err and "e.g. --eval-size 1 " in err
     with pytest.raises(SplitError, match=">= 0"):
         prepare_deeppref(SAMPLE, out, PrepareOptions(eval_size=-1, progress=False))
     stats = prepare_deeppref(SAMPLE, out, PrepareOptions(eval_size=0, progress=False))
@@ -262,64 +261,6 @@ def test_invalid_input_writes_nothing_and_skip_invalid_reports(tmp_path, capsys)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["skipped"]["count"] == 11 and stats["records"]["valid"] == 1
     assert {s["record"] for s in stats["skipped"]["records"]} == set(range(1, 11)) | {None}
-
-
-def test_atomic_files_leave_nothing_on_failure(tmp_path):
-    (tmp_path / "a.jsonl").write_text("old\n")
-    with pytest.raises(KeyboardInterrupt):
-        with AtomicFiles(tmp_path) as files:
-            files.open("a.jsonl").write("new\n" * 1000)
-            files.open("b.jsonl").write("x")
-            raise KeyboardInterrupt
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
-    assert (tmp_path / "a.jsonl").read_text() == "old\n"
-    with AtomicFiles(tmp_path) as files:
-        files.open("a.jsonl").write("new\n")
-        files.write_json("s.json", {"k": 1})
-    assert (tmp_path / "a.jsonl").read_text() == "new\n" and json.loads((tmp_path / "s.json").read_text()) == {"k": 1}
-    assert oct((tmp_path / "s.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _file_size_limit(limit: int):
-    def apply():
-        # The kernel then fails writes past `limit` bytes with EFBIG (a real "disk full" midway through a file).
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
-def test_write_failure_midway_leaves_no_output_and_keeps_old_outputs(tmp_path):
-    cmd = [sys.executable, "-m", "cdra_plugin.cli", "data", "prepare", "--input", str(SAMPLE), "--eval-size", "2"]
-    fresh = tmp_path / "fresh"
-    proc = subprocess.run(
-        cmd + ["--output", str(fresh)], capture_output=True, text=True, preexec_fn=_file_size_limit(20_000), timeout=60
-    )
-    assert proc.returncode == 1, proc.stderr
-    assert "writing" in proc.stderr and "failed" in proc.stderr and "no output file was written" in proc.stderr
-    assert list(fresh.iterdir()) == []  # no output and no temporary file
-
-    old = tmp_path / "old"
-    assert (
-        main(["data", "prepare", "--input", str(SAMPLE), "--output", str(old), "--eval-size", "3", "--no-progress"])
-        == 0
-    )
-    before = {n: (old / n).read_bytes() for n in OUTPUTS}
-    proc = subprocess.run(
-        cmd + ["--output", str(old), "--overwrite"],
-        capture_output=True,
-        text=True,
-        preexec_fn=_file_size_limit(20_000),
-    )
-    assert proc.returncode == 1
-    assert sorted(p.name for p in old.iterdir()) == sorted(OUTPUTS)
-    assert {n: (old / n).read_bytes() for n in OUTPUTS} == before
 
 
 def test_dataset_dict_holds_the_same_rows_as_the_files(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from test_data_paths import record, write_deeppref
 
 from cdra_plugin.cli import main
-from cdra_plugin.data.loader import load_deeppref, load_prefeval, resolve_inputs
+from cdra_plugin.data.loader import InputError, load_deeppref, load_prefeval, resolve_inputs
 from cdra_plugin.data.schema import RecordError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "deeppref_sample"
@@ -134,14 +134,25 @@ def test_inputs_file_directory_glob_and_missing(tmp_path):
     assert resolve_inputs(str(tmp_path / "*")) == [Path(a), Path(b)]
     assert [s.id for s in load_deeppref(tmp_path).records] == ["A/0", "B/0", "B/1"]
     assert [s.topic for s in load_deeppref(tmp_path).records] == ["A", "B", "B"]
-    with pytest.raises(RecordError, match="no such file or directory"):
+    with pytest.raises(InputError, match="absent.json: no such file or directory"):
         resolve_inputs(tmp_path / "absent.json")
-    with pytest.raises(RecordError, match="matches no .json or .jsonl file"):
+    with pytest.raises(InputError, match="matches no .json or .jsonl file"):
         resolve_inputs(str(tmp_path / "*.txt"))
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    with pytest.raises(RecordError, match="no .json or .jsonl files"):
+    with pytest.raises(InputError, match="has no .json or .jsonl file"):
         resolve_inputs(empty)
+
+
+@pytest.mark.parametrize("command", ["prepare", "validate"])
+@pytest.mark.parametrize("source", ["--input", "--prefeval"])
+def test_a_missing_input_path_is_named_and_skip_invalid_is_not_suggested(tmp_path, capsys, command, source):
+    missing = tmp_path / "no-such-dir"
+    out = ["--output", str(tmp_path / "out"), "--no-progress"] if command == "prepare" else []
+    assert main(["data", command, source, str(missing), *out]) == 1
+    err = capsys.readouterr().err
+    assert err == f"cdra data: error: {source} {missing}: no such file or directory\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_files_with_the_same_topic_are_refused(tmp_path):
@@ -149,7 +160,7 @@ def test_two_files_with_the_same_topic_are_refused(tmp_path):
     (tmp_path / "y").mkdir()
     write_deeppref(tmp_path / "x", "Same", [GOOD])
     write_deeppref(tmp_path / "y", "Same", [GOOD])
-    with pytest.raises(RecordError, match="topic 'Same' already comes from"):
+    with pytest.raises(InputError, match="topic 'Same' already comes from"):
         load_deeppref(str(tmp_path / "*" / "*.json"))
 
 

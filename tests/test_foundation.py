@@ -1,11 +1,18 @@
-"""Issue 2: the host imports on any machine, the pinned version, the tiny offline model, the `cdra` command."""
+"""The host imports on any machine, the pinned version, the tiny offline model, the `cdra` command, and the README's
+two commands (scripts/test.sh, scripts/demo.sh) on a fresh machine and on a built one."""
 
 import importlib.metadata
+import importlib.util
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parents[1]  # the environment running these tests
 
 
 def test_host_modules_import_and_version_is_pinned():
@@ -63,4 +70,49 @@ def test_cdra_command_version_and_help():
 
     assert out.stdout.strip() == f"cdra-plugin {__version__}"
     out = subprocess.run([sys.executable, "-m", "cdra_plugin.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "traces" in out.stdout
+    assert out.returncode == 0
+    assert all(command in out.stdout for command in ("data", "prm", "traces"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("_pynvml_redirector") is None, reason="no deprecated pynvml installed")
+def test_cdra_silences_the_pynvml_warning_and_no_other():
+    # Every `cdra` command that imported torch printed "FutureWarning: The pynvml package is deprecated ...".
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = (
+        "import sys, warnings; from cdra_plugin.cli import main; status = main(['traces', 'show', 'missing.jsonl']); "
+        "warnings.warn('another warning', FutureWarning); sys.exit(status)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "cdra traces show: " in out.stderr  # it imported torch
+    assert "pynvml" not in out.stderr and "FutureWarning: another warning" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["test.sh", "demo.sh"])
+def test_each_of_the_two_commands_builds_a_missing_environment_first(tmp_path, script):
+    # An interpreter that does not exist makes setup_env.sh stop at once: enough to see that it was started.
+    env = {**os.environ, "CDRA_VENV": str(tmp_path / "venv"), "CDRA_PYTHON": str(tmp_path / "no-python")}
+    out = subprocess.run([str(ROOT / "scripts" / script)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1
+    assert f"[setup_env] error: {tmp_path}/no-python not found; set CDRA_PYTHON" in out.stderr
+
+
+built = pytest.mark.skipif(not (VENV / ".cdra-env-stamp").exists(), reason="not an environment from setup_env.sh")
+
+
+@built
+def test_test_sh_checks_and_tests_this_checkout_in_a_built_environment():
+    env = {**os.environ, "CDRA_VENV": str(VENV), "PYTHONPATH": ""}
+    args = ["tests/test_data_paths.py::test_single_chain_and_single_step", "-p", "no:cacheprovider"]
+    out = subprocess.run([str(ROOT / "scripts" / "test.sh"), *args], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[setup_env]" not in out.stdout + out.stderr  # nothing rebuilt
+    assert "All checks passed!" in out.stdout and "files already formatted" in out.stdout and "1 passed" in out.stdout
+
+
+@built
+def test_demo_sh_runs_cdra_demo_of_this_checkout():
+    env = {**os.environ, "CDRA_VENV": str(VENV), "PYTHONPATH": ""}
+    out = subprocess.run([str(ROOT / "scripts" / "demo.sh"), "--help"], capture_output=True, text=True, env=env)
+    if "invalid choice: 'demo'" in out.stderr:
+        pytest.skip("`cdra demo` is not in this checkout yet")
+    assert out.returncode == 0 and out.stdout.startswith("usage: cdra demo")

@@ -4,6 +4,7 @@ resumable) and recipes/serve_prm.sh (dry run, input checks, and a real run with 
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-SECRET-api-key-7731"
 TOKEN = "gw-SECRET-token-9920"
 LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where to go?", "id": "x1"})
+
+
+# torch (imported by cdra_plugin.steps today) warns about pynvml on import; not the gateway's output under test
+QUIET = {"PYTHONWARNINGS": "ignore:The pynvml package is deprecated:FutureWarning"}
 
 
 def free_port() -> int:
@@ -96,7 +101,7 @@ def test_offline_scoring_is_resumable(tmp_path):
     with ScriptedLLM(prm_step_judge()) as llm:
         assert score_cli(llm, inp, out) == 0
         scored = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-        assert scored["a"]["reward"] == pytest.approx(0.6) and scored["b"]["reward"] == pytest.approx(-0.3)
+        assert scored["a"]["reward"] == pytest.approx(0.3) and scored["b"]["reward"] == pytest.approx(-0.3)
         assert scored["c"]["response"] == "Step 1: z [score=0.9]<|im_end|>" and scored["c"]["num_steps"] == 1
         assert [s["text"] for s in scored["a"]["steps"]] == ["x [score=0.2]", "y [score=0.4]"]
         assert len(llm.requests) == 4
@@ -129,6 +134,157 @@ def test_offline_fail_policy_stops_and_keeps_what_was_written(tmp_path, capsys):
         assert score_cli(llm, inp, out, "--failure-policy", "fail", "--parallel", "1") == 1
     assert "record 'b'" in capsys.readouterr().err
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["ok0", "ok1", "ok2"]
+
+
+def test_offline_resume_after_a_last_line_without_newline_does_not_glue_records(tmp_path):
+    inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(inp, RECORDS[:2])
+    with ScriptedLLM(prm_step_judge()) as llm:
+        assert score_cli(llm, inp, out) == 0
+        out.write_text(out.read_text().rstrip("\n"))  # complete, but its newline never made it to disk
+        write_jsonl(inp, RECORDS)
+        assert score_cli(llm, inp, out) == 0
+        assert score_cli(llm, inp, out) == 0  # and every later run still reads the file
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["a", "b", "c"]
+
+
+def test_offline_retry_failed_rescores_dropped_and_fallback_records(tmp_path, capsys):
+    inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(inp, [dict(RECORDS[0], id=f"r{i}", response=f"Step 1: x{i} [score=0.1]") for i in range(3)])
+    with ScriptedLLM(prm_step_judge()) as llm:
+        llm.enqueue(*[Fault.http(500)] * 2)  # an outage: the first record's step fails after its retry
+        assert score_cli(llm, inp, out, "--failure-policy", "score=0", "--parallel", "1") == 0
+        first = {r["id"]: r["outcome"] for r in map(json.loads, out.read_text().splitlines())}
+        assert sorted(first.values()) == ["fallback", "ok", "ok"]
+        assert score_cli(llm, inp, out, "--failure-policy", "score=0") == 0 and len(llm.requests) == 4
+        assert score_cli(llm, inp, out, "--failure-policy", "score=0", "--retry-failed") == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["r0", "r1", "r2"] and {r["outcome"] for r in records} == {"ok"}
+    assert "1 of 1 record(s) scored and saved (1 ok), 2 already in" in capsys.readouterr().out
+
+
+def test_offline_summary_is_one_readable_line_and_no_progress_hides_the_bar(tmp_path, capsys):
+    inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(inp, RECORDS)
+    with ScriptedLLM(prm_step_judge()) as llm:
+        assert score_cli(llm, inp, out, "--no-progress") == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"cdra prm score: 3 of 3 record(s) scored and saved (3 ok), 0 already in {out}\n"
+    assert "PRM scoring" not in captured.err
+
+
+def test_offline_ctrl_c_stops_in_one_line_with_what_was_saved(tmp_path):
+    inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(inp, [dict(RECORDS[0], id=f"r{i}", response=f"Step 1: x{i}") for i in range(200)])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **QUIET}
+    with ScriptedLLM(prm_step_judge(), latency=0.2, max_concurrency=8) as llm:
+        cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "score", "--backend", llm.base_url, "--model",
+               "scripted-prm", "--input", str(inp), "--output", str(out), "--no-progress"]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_text().count("\n") >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    saved = out.read_text().splitlines()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines() == [
+        f"cdra prm score: interrupted; {len(saved)} of 200 record(s) scored and saved ({len(saved)} ok), 0 already "
+        f"in {out}; run the same command again to resume"
+    ]
+    assert all(json.loads(line)["outcome"] == "ok" for line in saved)
+
+
+def test_max_critique_tokens_replaces_max_tokens(tmp_path, capsys):
+    inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(inp, RECORDS[:1])
+    with ScriptedLLM(prm_step_judge()) as llm:
+        assert score_cli(llm, inp, out, "--max-critique-tokens", "77") == 0
+        assert {r.body["max_tokens"] for r in llm.requests} == {77}
+    with pytest.raises(SystemExit):
+        main(["prm", "serve", "--backend", "http://127.0.0.1:9/v1", "--model", "m", "--max-tokens", "5"])
+    assert "unrecognized arguments: --max-tokens" in capsys.readouterr().err
+    assert "--max-tokens" not in subprocess.run([sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--help"],
+                                                env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                                                text=True).stdout  # fmt: skip
+
+
+def start_gateway(argv, env=None):
+    """``cdra prm serve`` as a subprocess on a free port: (process, url); the caller terminates it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--port", str(port), *argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            httpx.get(url + "/metrics", timeout=2)
+            return proc, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "gateway did not start within 60 s"
+            time.sleep(0.1)
+
+
+def test_gateway_warns_of_a_dead_backend_at_startup_and_cuts_off_slow_clients():
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with ScriptedLLM(prm_step_judge()) as llm:
+        proc, url = start_gateway(["--backend", f"{llm.base_url},{dead}", "--model", "scripted-prm",
+                                   "--header-timeout", "0.5", "--body-timeout", "0.5"])  # fmt: skip
+        port = int(url.rsplit(":", 1)[1])
+        socks = []
+        try:
+            idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+            slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+            socks += idle + slow
+            for sock in slow:
+                sock.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            trickle = socket.create_connection(("127.0.0.1", port))
+            body = socket.create_connection(("127.0.0.1", port))
+            socks += [trickle, body]
+            body.sendall(b'POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"query"')
+            for byte in b"POST /get_reward":  # a byte at a time: a deadline, not an idle timeout
+                try:
+                    trickle.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.06)
+            time.sleep(0.6)
+            for sock in [*idle, *slow, trickle]:
+                sock.settimeout(5)
+                assert sock.recv(1024) == b""  # closed by the gateway
+            body.settimeout(5)
+            answer = body.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408") and b"--body-timeout" in answer
+            assert body.recv(1024) == b""
+            reward = {"query": ["PStep 1: a [score=0.4]"], "prompts": ["P"], "labels": [LABEL]}
+            assert httpx.post(url + "/get_reward", json=reward, timeout=10).json()["rewards"] == [0.4]  # serving
+        finally:
+            proc.terminate()
+            logs = proc.communicate(timeout=20)[0]
+            for sock in socks:
+                sock.close()
+    warning = next(line for line in logs.splitlines() if "not usable now" in line)
+    assert "WARNING" in warning and dead in warning and "serving anyway" in warning
+    assert logs.index(warning) < logs.index("Application startup complete")
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", "http://127.0.0.1:9/v1",
+               "--model", "m", "--port", str(port)]  # fmt: skip
+        done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **QUIET}, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "Application startup complete" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"cdra prm serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another "
+        "--port/--host"
+    ]
 
 
 RECIPE = ROOT / "recipes" / "serve_prm.sh"
@@ -181,7 +337,7 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
     env = {**os.environ, "PRM_MODEL": str(model), "GPUS": "0,1", "VLLM_BASE_PORT": str(base),
            "GATEWAY_PORT": str(gateway_port), "VLLM": str(bin_dir / "vllm"), "CDRA": str(bin_dir / "cdra"),
            "PYTHON": sys.executable, "LOG_DIR": str(tmp_path / "logs"), "HEALTH_TIMEOUT": "60",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "PYTHONPATH": str(ROOT), "GPU_CHECK": "0"}  # fmt: skip
     proc = subprocess.Popen(
         ["bash", str(RECIPE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -193,8 +349,8 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
             if "ready. Train with:" in line:
                 break
         assert f"--reward.remote_url {url}/get_reward" in "".join(seen), "".join(seen)
-        body = {"query": ["PStep 1: a [score=0.25]\nStep 2: b [score=0.5]"], "prompts": ["P"], "labels": [LABEL]}
-        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.75]
+        body = {"query": ["PStep 1: a [score=0.25]\nStep 2: b [score=0.75]"], "prompts": ["P"], "labels": [LABEL]}
+        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.5]
         health = httpx.get(url + "/health", timeout=10).json()
         assert [b["backend"] for b in health["backends"]] == [f"http://127.0.0.1:{base + i}/v1" for i in (0, 1)]
     finally:

@@ -6,41 +6,17 @@ policy, the cache, auth, each bad-input case, /score, /health and /metrics.
 
 import asyncio
 import base64
-import contextlib
 import json
 import threading
 
 import httpx
 import pytest
 import torch
+from prm_helpers import LABEL, PROMPT, P, Q, post, reward_body, serving
 
 from cdra_plugin.carrier import decode_step_scores
-from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.server import create_app
 from cdra_plugin.prompts import prm_prompt
-from cdra_plugin.testing import BackgroundServer, Fault, ScriptedLLM, prm_step_judge
-
-FAST = ["--timeout", "0.5", "--retries", "2", "--backoff", "0.001", "--backoff-max", "0.005"]
-P, Q = "I avoid crowds.", "Where should I travel in May?"
-LABEL = json.dumps({"preference": P, "question": Q, "id": "s1", "topic": "travel"})
-PROMPT = "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def gateway_for(llm_urls, *argv, width=4):
-    args = build_parser().parse_args(
-        ["prm", "serve", "--backend", ",".join(llm_urls), "--model", "scripted-prm", "--max-steps", str(width)]
-        + FAST
-        + list(argv)
-    )
-    return build_gateway(args)
-
-
-@contextlib.contextmanager
-def serving(llm_urls, *argv, width=4, auth_token=None, max_body_bytes=1 << 20):
-    gateway = gateway_for(llm_urls, *argv, width=width)
-    with BackgroundServer(create_app(gateway, auth_token=auth_token, max_body_bytes=max_body_bytes)) as server:
-        yield server.url, gateway
+from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +31,12 @@ def prm(llm):
     return llm
 
 
-def reward_body(*responses, label=LABEL):
-    return {
-        "query": [PROMPT + r for r in responses],
-        "prompts": [PROMPT] * len(responses),
-        "labels": [label] * len(responses),
-    }
-
-
-def post(url, path, body, **kw):
-    return httpx.post(url + path, json=body, timeout=10, **kw)
-
-
 def test_get_reward_protocol_dense_reward_and_carrier(prm):
     r1 = "Step 1: quiet towns [score=0.2]\nStep 2: shoulder season [score=0.6]\nStep 3: go to Lofoten<|im_end|>"
     r2 = "No markers at all [score=-0.4]"
-    with serving([prm.base_url]) as (url, _):
+    with serving([prm.base_url], "--reward-aggregation", "sum") as (url, _):
         out = post(url, "/get_reward", reward_body(r1, r2)).json()
-    assert out["rewards"] == pytest.approx([0.2 + 0.6 + 0.5, -0.4])  # R_dense = sum of step scores
+    assert out["rewards"] == pytest.approx([0.2 + 0.6 + 0.5, -0.4])  # the paper's R_dense = sum of step scores
     assert out["scores"] == pytest.approx([(1.3 / 3 + 1) / 2, 0.3])
     logs = out["extra_logs"]
     assert all(isinstance(v, list) and len(v) == 2 for v in logs.values())  # per-sample lists, like serve_rm
@@ -106,7 +70,7 @@ def test_openrlhf_client_and_experience_read_the_answer(prm, tiny_tokenizer):
     prompt_ids = tiny_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     action_ids = tiny_tokenizer(response, add_special_tokens=False)["input_ids"]
     query = tiny_tokenizer.decode(prompt_ids + action_ids, skip_special_tokens=False)  # as the host builds it
-    with serving([prm.base_url]) as (url, _):
+    with serving([prm.base_url], "--reward-aggregation", "sum") as (url, _):
         executor = SingleTurnAgentExecutor(remote_rm_url=url + "/get_reward")
         [info] = asyncio.run(executor._fetch_rewards_via_http([query], [PROMPT], [LABEL]))
     assert info["rewards"] == pytest.approx([0.2])
@@ -161,14 +125,14 @@ def test_failure_policy_drop_marks_the_sample(prm, tag, kind):
     assert len(step2) == (1 if kind == "client_error" else 3)  # a 4xx is not retried
 
 
-def test_failure_policy_score_x_and_clipping(prm):
-    with serving([prm.base_url], "--failure-policy", "score=-0.5") as (url, _):
-        out = post(url, "/get_reward", reward_body("Step 1: a [score=7]\nStep 2: b [score=nan]\nStep 3: c [score=-3]"))
-    out = out.json()
-    # 7 and -3 are clipped to [-1, 1] (parsed, not failures); NaN is a failure and gets the chosen X.
-    assert out["rewards"] == pytest.approx([1.0 - 0.5 - 1.0])
-    assert out["extra_logs"]["prm_failures"] == [1.0] and out["extra_logs"]["cdpa_failed"] == [0.0]
-    assert out["extra_logs"]["cdpa_step_01"] == [-0.5]
+def test_failure_policy_score_x_and_off_scale_scores_are_failures_not_clipped(prm):
+    response = "Step 1: a [score=7]\nStep 2: b [score=nan]\nStep 3: c [score=-3]\nStep 4: d [score=0.9]"
+    with serving([prm.base_url], "--failure-policy", "score=-0.5", "--reward-aggregation", "sum") as (url, _):
+        out = post(url, "/get_reward", reward_body(response)).json()
+    # 7, NaN and -3 are unparsable (never clipped to 1.0 / -1.0): failed steps that get the chosen X.
+    assert out["rewards"] == pytest.approx([-0.5 * 3 + 0.9])
+    assert out["extra_logs"]["prm_failures"] == [3.0] and out["extra_logs"]["cdpa_failed"] == [0.0]
+    assert [out["extra_logs"][f"cdpa_step_0{j}"] for j in range(4)] == [[-0.5], [-0.5], [-0.5], [0.9]]
 
 
 def test_cache_scores_each_pair_once_and_shares_in_flight(prm):
@@ -264,8 +228,9 @@ def test_score_endpoint_gives_the_full_per_step_result(prm):
         bad = post(url, "/score", {"samples": [{"preference": P, "question": Q}]})
     [result] = out["results"]
     assert result["num_steps"] == 2 and result["outcome"] == "fallback" and result["failures"] == 1
-    assert result["reward"] == pytest.approx(0.2)
     s1, s2 = result["steps"]
+    n1, n2 = (len("".join(s["text"].split())) for s in (s1, s2))  # non-blank characters weigh the steps
+    assert result["reward"] == pytest.approx(0.2 * n1 / (n1 + n2))
     assert response[s1["start"] : s1["end"]] == "Sure.\nStep 1: quiet [score=0.2]\n"
     assert s1["text"] == "Sure.\nStep 1: quiet [score=0.2]" and s1["sample_scores"] == [0.2]
     assert "SCORE: 0.2" in s1["critiques"][0] and s1["latency_s"] > 0 and s1["attempts"] == 1
@@ -298,7 +263,7 @@ def test_health_and_load_balancing_over_two_backends():
             assert health["status"] == "degraded" and "503" in health["backends"][1]["error"]
             b.stop()  # connection errors on b: retried on a
             out = post(url, "/get_reward", reward_body("Step 1: x [score=0.9]\nStep 2: y [score=0.1]")).json()
-            assert out["rewards"] == pytest.approx([1.0])
+            assert out["rewards"] == pytest.approx([0.5])  # equal lengths: the mean
             a.healthy = False
             assert httpx.get(url + "/health").status_code == 503
     with ScriptedLLM(model="another-model") as c, serving([c.base_url]) as (url, _):

@@ -8,8 +8,8 @@ from cdra_plugin.cli import build_parser
 from cdra_plugin.llm import LLMClient
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
-from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template, strip_end_tokens
-from cdra_plugin.prompts import prm_prompt
+from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template
+from cdra_plugin.prompts import prm_prompt, strip_end_tokens
 from cdra_plugin.testing import ScriptedLLM
 
 
@@ -53,8 +53,8 @@ def test_template_files_are_checked_and_used(tmp_path):
         result = asyncio.run(gateway.scorer.score("likes {braces}", "q?", "Step 1: a\nStep 2: b"))
     assert [s.score for s in result.steps] == [0.5, 0.5]
     prompts = sorted(r.prompt for r in llm.requests)
-    assert prompts == ["P=likes {braces} Q=q?\nCTX:\n(none)\nNOW: Step 1: a",
-                       "P=likes {braces} Q=q?\nCTX:\nStep 1: a\nNOW: Step 2: b"]  # fmt: skip
+    assert prompts == ["P=likes {braces} Q=q?\nCTX:\n(none)\nNOW: > Step 1: a",
+                       "P=likes {braces} Q=q?\nCTX:\n> Step 1: a\nNOW: > Step 2: b"]  # fmt: skip
 
 
 def test_failure_policy_parsing_and_resolution():
@@ -85,7 +85,10 @@ def _args(*argv):
         (["--failure-policy", "ignore"], "--failure-policy 'ignore'"),
         (["--max-steps", "0"], "--max-steps must be >= 1"),
         (["--concurrency", "0"], "--concurrency must be >= 1"),
-        (["--cache-size", "-1"], "--cache-size must be >= 0"),
+        (["--cache-mb", "-1"], "--cache-mb must be >= 0"),
+        (["--max-critique-tokens", "0"], "--max-critique-tokens must be >= 1"),
+        (["--max-samples", "0"], "--max-samples must be >= 1"),
+        (["--max-response-chars", "0"], "--max-response-chars must be >= 1"),
     ],
 )
 def test_bad_options_are_named(argv, message, monkeypatch):

@@ -22,7 +22,7 @@ ROW = {"input": [{"role": "user", "content": "p"}], "output": [{"role": "assista
 
 def run(recipe: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
     # A PATH without deepspeed: if a recipe got past its input checks it would stop at the launcher check instead.
-    base = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         ["bash", str(ROOT / "recipes" / recipe)], env={**base, **env}, capture_output=True, text=True, timeout=30
     )
@@ -58,19 +58,73 @@ def test_missing_data_is_reported_before_launch(recipe, tmp_path):
 def test_bad_inputs_each_get_their_message(recipe, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert "is empty: no training example" in run(recipe, tmp_path, DATA=str(empty)).stderr
+    assert "is empty: no example" in run(recipe, tmp_path, DATA=str(empty)).stderr
     prompts = data_file(tmp_path, "rl_prompts.jsonl", {"input": [], "label": "{}"})
     proc = run(recipe, tmp_path, DATA=str(prompts))
     assert proc.returncode == 2 and 'first row has no "output" key (OUTPUT_KEY)' in proc.stderr
     good = str(data_file(tmp_path, RECIPES[recipe]))
     proc = run(recipe, tmp_path, DATA=good, MODEL=str(tmp_path / "no-model"))
-    assert proc.returncode == 2 and "is a path without config.json" in proc.stderr
-    proc = run(recipe, tmp_path, DATA=good, EVAL_DATA=str(tmp_path / "eval.jsonl"))
-    assert proc.returncode == 2 and "EVAL_DATA=" in proc.stderr
+    assert proc.returncode == 2 and f"MODEL={tmp_path}/no-model: no such folder" in proc.stderr
+    proc = run(recipe, tmp_path, DATA=good, MODEL=str(tmp_path))
+    assert proc.returncode == 2 and "has no config.json" in proc.stderr
     proc = run(recipe, tmp_path, DATA=good, HOSTFILE=str(tmp_path / "hosts"))
     assert proc.returncode == 2 and "HOSTFILE=" in proc.stderr
     proc = run(recipe, tmp_path, DATA=good)
     assert proc.returncode == 2 and "'deepspeed' is not on PATH" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"LR": "abc"}, "LR=abc: expected a number > 0"),
+        ({"LR": "0"}, "LR=0: expected a number > 0"),
+        ({"EPOCHS": "0"}, "EPOCHS=0: expected a whole number >= 1"),
+        ({"BATCH_SIZE": "x"}, "BATCH_SIZE=x: expected a whole number >= 1"),
+        ({"BATCH_SIZE": "64", "MICRO_BATCH_SIZE": "3"}, "BATCH_SIZE=64 is not a multiple of MICRO_BATCH_SIZE=3"),
+        ({"WARMUP_RATIO": "2"}, "WARMUP_RATIO=2: expected a number in [0, 1]"),
+        ({"MAX_LEN": "-5"}, "MAX_LEN=-5: expected a whole number >= 1"),
+        ({"SAVE_STEPS": "-2"}, "SAVE_STEPS=-2: expected a whole number >= -1"),
+        ({"ZERO_STAGE": "4"}, "ZERO_STAGE=4: expected a whole number >= 0 and <= 3"),
+        ({"PARAM_DTYPE": "fp32"}, "PARAM_DTYPE=fp32: expected one of: bf16 fp16"),
+        ({"PACKING": "yes"}, "PACKING=yes: expected one of: 0 1"),
+        ({"NUM_GPUS": "0"}, "NUM_GPUS=0: expected a whole number >= 1"),
+        ({"DRY_RUN": "yes"}, "DRY_RUN=yes: expected one of: 0 1"),
+        ({"MODEL": "checkpoints/pers-genprm"}, "MODEL=checkpoints/pers-genprm: no such folder"),  # not a hub id
+        ({"MODEL": "a b"}, "MODEL=a b is neither a local folder nor a hub id"),
+        ({"EVAL_DATA": "/held_out.jsonl"}, "EVAL_DATA=/held_out.jsonl not found: set it to held-out rows in the DATA"),
+    ],
+)
+def test_every_value_is_checked_in_a_dry_run_too(tmp_path, env, message):
+    good = str(data_file(tmp_path, "prm_sft.jsonl"))
+    proc = run("train_prm_sft.sh", tmp_path, **{"DATA": good, "DRY_RUN": "1", **env})
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    (line,) = [line for line in proc.stderr.splitlines() if "error" in line]  # one line
+    assert line.startswith("train_prm_sft.sh: error: ") and message in line, line
+
+
+def test_missing_data_hint_never_suggests_writing_to_the_root(tmp_path):
+    proc = run("train_prm_sft.sh", tmp_path, DATA="/prm_sft.jsonl")
+    assert "--output /" not in proc.stderr and "writes DIR/prm_sft.jsonl" in proc.stderr
+    proc = run("train_prm_sft.sh", tmp_path, DATA=str(tmp_path / "data" / "deeppref" / "prm_sft.jsonl"))
+    assert f"'cdra data prepare --input <DeepPref files> --output {tmp_path}/data/deeppref'" in proc.stderr
+
+
+def test_data_beside_an_interrupted_prepare_commit_is_refused(tmp_path):
+    good = data_file(tmp_path, "prm_sft.jsonl")
+    (good.parent / ".cdra-commit.json").write_text("{}")
+    proc = run("train_prm_sft.sh", tmp_path, DATA=str(good), DRY_RUN="1")
+    assert proc.returncode == 2 and "a crash interrupted 'cdra data prepare' writing this folder" in proc.stderr
+
+
+def test_hub_ids_are_taken_as_such_and_the_dry_run_says_what_it_skipped(tmp_path):
+    proc = run("train_prm_sft.sh", tmp_path, DATA=str(data_file(tmp_path, "prm_sft.jsonl")), DRY_RUN="1")
+    assert proc.returncode == 0 and proc.stdout.startswith("deepspeed ")
+    assert proc.stderr.splitlines() == [
+        "train_prm_sft.sh: MODEL=Qwen/Qwen2.5-7B-Instruct is no local folder: taken for a Hugging Face hub id "
+        "(downloaded at launch unless cached)",
+        "train_prm_sft.sh: DRY_RUN=1: every value and input checked; deepspeed, openrlhf and the GPUs are not. "
+        "The command:",
+    ]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -146,6 +200,6 @@ def test_every_value_is_overridable(recipe, tmp_path):
     assert run(recipe, tmp_path, **{**env, "PACKING": "yes"}).returncode == 2
 
 
-def test_recipes_are_executable():
-    for recipe in RECIPES:
-        assert os.access(ROOT / "recipes" / recipe, os.X_OK)
+def test_recipes_and_scripts_are_executable():  # `recipes/train_cdpa.sh` works as written, without `bash`
+    for path in [*(ROOT / "recipes").glob("*.sh"), ROOT / "scripts" / "test.sh", ROOT / "scripts" / "demo.sh"]:
+        assert os.access(path, os.X_OK), path

@@ -1,20 +1,48 @@
-"""recipes/train_cdpa.sh and train_grpo_baseline.sh: syntax, input checks, and a command OpenRLHF's parser accepts."""
+"""recipes/train_cdpa.sh and train_grpo_baseline.sh: syntax, every value checked, the gateway's /health (a real
+gateway over the scripted PRM), the GPUs, and a command OpenRLHF's parser accepts."""
 
+import contextlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from cdpa_host import host_args
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+from cdra_plugin.cli import build_parser
+from cdra_plugin.prm.cli import build_gateway
+from cdra_plugin.prm.server import create_app
+from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+SAMPLE = ROOT / "examples" / "deeppref_sample"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_recipe(name, tmp_path, **env):
-    full = {**os.environ, "DRY_RUN": "1", **env}
+    # A port nothing listens on unless a test serves a gateway there (never a real one on this machine's 5000).
+    nobody = f"http://127.0.0.1:{free_port()}/get_reward"
+    full = {**os.environ, "DRY_RUN": "1", "REWARD_URL": nobody, **env}
     return subprocess.run(["bash", str(RECIPES / name)], capture_output=True, text=True, env=full, cwd=tmp_path)
+
+
+@contextlib.contextmanager
+def gateway(*argv, backend=None):
+    """The real gateway app over the scripted PRM (or over ``backend``, e.g. a port nothing answers on)."""
+    with contextlib.ExitStack() as stack:
+        url = backend or stack.enter_context(ScriptedLLM(prm_step_judge(), model="pers-genprm")).base_url
+        args = build_parser().parse_args(["prm", "serve", "--backend", url, "--model", "pers-genprm", *argv])
+        server = stack.enter_context(BackgroundServer(create_app(build_gateway(args))))
+        yield f"{server.url}/get_reward"
 
 
 @pytest.fixture
@@ -33,17 +61,84 @@ def test_every_recipe_is_valid_bash(name):  # the one `bash -n` check per recipe
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"PROMPTS": "missing.jsonl"}, "PROMPTS=missing.jsonl not found: run 'cdra data prepare"),
-        ({"POLICY": "./no-such-checkpoint"}, "has no config.json"),
-        ({"N_SAMPLES": "1"}, "need at least 2 responses per prompt"),
+        ({"PROMPTS": "missing.jsonl"}, "PROMPTS=missing.jsonl not found: set PROMPTS to an existing rl_prompts.jsonl"),
+        ({"POLICY": "./no-such-checkpoint"}, "POLICY=./no-such-checkpoint: no such folder"),
+        ({"POLICY": "checkpoints/policy-rft"}, "POLICY=checkpoints/policy-rft: no such folder"),  # never a hub id
+        ({"N_SAMPLES": "1"}, "N_SAMPLES=1: group estimators need at least 2 responses per prompt"),
+        ({"N_SAMPLES": "abc"}, "N_SAMPLES=abc: expected a whole number >= 1"),
         ({"REWARD_URL": "http://127.0.0.1:5000/score"}, "must be the gateway's http://HOST:PORT/get_reward"),
+        ({"CDPA_MODE": "tokenposition"}, "CDPA_MODE=tokenposition: expected one of: token_position group_steps"),
+        ({"CDPA_FAILURE_POLICY": "skip"}, "CDPA_FAILURE_POLICY=skip: expected one of: drop fail"),
+        ({"ESTIMATOR": "gae"}, "ESTIMATOR=gae: expected one of: cdpa group_norm"),
+        ({"LR": "abc"}, "LR=abc: expected a number > 0"),
+        ({"KL_COEF": "-1"}, "KL_COEF=-1: expected a number >= 0"),
+        ({"TEMPERATURE": "hot"}, "TEMPERATURE=hot: expected a number >= 0"),
+        ({"TRACE_SAMPLE_RATE": "2"}, "TRACE_SAMPLE_RATE=2: expected a number in (0, 1]"),
+        ({"MAX_STEPS": "0"}, "MAX_STEPS=0: expected a whole number >= 1"),
+        ({"ROLLOUT_BATCH_SIZE": "x"}, "ROLLOUT_BATCH_SIZE=x: expected a whole number >= 1"),
+        ({"GENERATE_MAX_LEN": "1k"}, "GENERATE_MAX_LEN=1k: expected a whole number >= 1"),
+        ({"VLLM_TP": "3"}, "VLLM_TP=3 does not divide the NNODES x GPUS_PER_NODE = 8 GPUs"),
+        ({"NNODES": "two"}, "NNODES=two: expected a whole number >= 1"),
+        ({"RAY_ADDRESS": "head:8265"}, "RAY_ADDRESS=head:8265: expected the Ray dashboard's http://HOST:PORT"),
+        ({"SAVE_STEPS": "often"}, "SAVE_STEPS=often: expected a whole number >= -1"),
+        ({"AUTH_TOKEN_ENV": "CDRA_TEST_UNSET_TOKEN"}, "AUTH_TOKEN_ENV=CDRA_TEST_UNSET_TOKEN names an unset or empty"),
+        ({"SKIP_HEALTH_CHECK": "yes"}, "SKIP_HEALTH_CHECK=yes: expected one of: 0 1"),
+        ({"EVAL_PROMPTS": "eval.jsonl"}, "EVAL_PROMPTS=eval.jsonl not found"),
     ],
 )
-def test_train_cdpa_checks_its_inputs(tmp_path, prompts, env, message):
+def test_train_cdpa_checks_every_value(tmp_path, prompts, env, message):
     out = run_recipe(
         "train_cdpa.sh", tmp_path, **{"PROMPTS": str(prompts), "POLICY": "Qwen/Qwen2.5-7B-Instruct", **env}
     )
-    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if "error" in line]
+    assert line.startswith("train_cdpa.sh: error: ") and message in line, line
+
+
+def test_the_sample_data_names_the_variable_to_lower(tmp_path):
+    assert main_prepare(tmp_path / "sample") == 0
+    out = run_recipe("train_cdpa.sh", tmp_path, PROMPTS="sample/rl_prompts.jsonl", POLICY="Qwen/Qwen2.5-7B-Instruct")
+    assert out.returncode == 2
+    assert "has 6 prompt(s), fewer than ROLLOUT_BATCH_SIZE=32: set ROLLOUT_BATCH_SIZE=6 or lower" in out.stderr
+    out = run_recipe(
+        "train_cdpa.sh", tmp_path, PROMPTS="sample/rl_prompts.jsonl", POLICY="Qwen/Qwen2.5-7B-Instruct",
+        ROLLOUT_BATCH_SIZE="6",
+    )  # fmt: skip
+    assert out.returncode == 0 and "6 prompts, 400 episode(s) of 1 steps" in out.stderr
+
+
+def main_prepare(output: Path) -> int:
+    from cdra_plugin.cli import main
+
+    return main(
+        ["data", "prepare", "--input", str(SAMPLE), "--output", str(output), "--eval-size", "2", "--no-progress"]
+    )
+
+
+def test_a_dry_run_checks_the_gateway_and_warns_when_none_answers(tmp_path, prompts):
+    env = {"PROMPTS": str(prompts), "POLICY": "Qwen/Qwen2.5-7B-Instruct"}
+    out = run_recipe("train_cdpa.sh", tmp_path, **env)
+    assert out.returncode == 0 and out.stdout.startswith("ray job submit ")
+    assert "warning: no PRM gateway answers at http://127.0.0.1:" in out.stderr and "DRY_RUN=1 goes on" in out.stderr
+    with gateway("--failure-policy", "drop") as url:
+        out = run_recipe("train_cdpa.sh", tmp_path, REWARD_URL=url, **env)
+        assert out.returncode == 0, out.stderr
+        assert f"PRM gateway at {url}: ok, model pers-genprm, failure policy drop" in out.stderr
+        # The GRPO baseline cannot honour `drop`: refused in a dry run too.
+        out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, **env)
+        assert out.returncode == 2 and "runs --failure-policy drop, which only cdra-train honours" in out.stderr
+    with gateway(backend=f"http://127.0.0.1:{free_port()}/v1") as url:  # its PRM is down
+        out = run_recipe("train_cdpa.sh", tmp_path, REWARD_URL=url, **env)
+        assert out.returncode == 2 and f"the PRM gateway at {url} is not usable: status down" in out.stderr
+    out = run_recipe("train_cdpa.sh", tmp_path, SKIP_HEALTH_CHECK="1", **env)
+    assert out.returncode == 0 and "SKIP_HEALTH_CHECK=1: the PRM gateway at" in out.stderr
+
+
+def test_a_dry_run_says_what_it_did_not_check(tmp_path, prompts):
+    out = run_recipe("train_cdpa.sh", tmp_path, PROMPTS=str(prompts), POLICY="Qwen/Qwen2.5-7B-Instruct")
+    assert "POLICY=Qwen/Qwen2.5-7B-Instruct is no local folder: taken for a Hugging Face hub id" in out.stderr
+    assert "DRY_RUN=1: every value and input checked, and the gateway (above); ray, the Ray cluster and the GPUs " \
+        "are not" in out.stderr  # fmt: skip
 
 
 @pytest.mark.parametrize(

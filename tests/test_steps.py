@@ -1,14 +1,19 @@
-"""Step segmentation (corpus of responses with hand-written expectations) and token alignment (real tokenizer)."""
+"""Step segmentation: a corpus of responses with hand-written expectations, the rules against reward hacking (empty
+steps, fenced code, trailing end-of-sequence texts), linear time, and the gateway and the trainer agreeing."""
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdra_plugin.steps import Step, segment_steps, step_token_spans, token_step_ids
+from cdra_plugin.align import align_steps
+from cdra_plugin.prompts import DEFAULT_END_TOKENS, strip_end_tokens
+from cdra_plugin.steps import _MARKER_LINE, Step, segment_steps
 
 CORPUS = [json.loads(line) for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open(encoding="utf-8")]
 
@@ -25,6 +30,17 @@ def assert_tiles(text: str, steps: list[Step]) -> None:
             assert s.body_start == s.start
         if s.marker and s.body_start > s.start:
             assert s.marker in text[s.start : s.body_start]
+
+
+def test_segmentation_and_the_carrier_load_neither_torch_nor_numpy():
+    # the gateway segments and encodes the carrier; it must start without the trainer's stack
+    code = (
+        "import sys, cdra_plugin.steps, cdra_plugin.carrier; "
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"
 
 
 def test_corpus_is_large_and_varied():
@@ -55,16 +71,18 @@ def test_marker_steps_start_at_their_line():
     assert steps[1].body_start == text.index("\nb")
 
 
-def test_no_preamble_when_only_blank_before_first_marker():
-    text = "\n \nStep 1: a\nStep 2: b"
-    steps = segment_steps(text)
-    assert steps[0].start == 0 and steps[0].body_start == text.index(" a")
-    assert steps[0].body(text) == "a"
+def test_no_preamble_without_a_letter_or_digit_before_the_first_marker():
+    for head in ("\n \n", "---\n", "**\n\n"):
+        text = head + "Step 1: a\nStep 2: b"
+        steps = segment_steps(text)
+        assert steps[0].start == 0 and steps[0].body_start == text.index(" a")
+        assert steps[0].body(text) == "a"
 
 
 def test_empty_and_markerless():
     assert segment_steps("") == [Step(0, 0, 0, 0, "")]
     assert segment_steps("just prose") == [Step(0, 0, 10, 0, "")]
+    assert segment_steps(" \n\t") == [Step(0, 0, 3, 0, "")]
 
 
 def test_max_steps_merges_the_tail_into_the_last_step():
@@ -80,8 +98,101 @@ def test_max_steps_merges_the_tail_into_the_last_step():
         segment_steps(text, max_steps=0)
 
 
+# ---------------------------------------------------------------- rules against reward hacking
+
+
+def test_empty_steps_join_the_step_before_them():
+    text = "Step 1: likes quiet.\nStep 2:\n\nStep 3: **\nStep 4: a library.\nStep 5: ---"
+    steps = segment_steps(text)
+    cut = text.index("Step 4")
+    assert steps == [Step(0, 0, cut, 7, "Step 1:"), Step(1, cut, len(text), cut + 7, "Step 4:")]
+    assert steps[1].body(text) == "a library.\nStep 5: ---"
+
+
+def test_an_empty_first_step_joins_the_next_but_not_its_body():
+    text = "Step 1:\n\nStep 2: likes quiet.\nStep 3: a library."
+    steps = segment_steps(text)
+    two, three = text.index("Step 2") + 7, text.index("Step 3")
+    assert [(s.start, s.body_start, s.marker) for s in steps] == [(0, two, "Step 2:"), (three, three + 7, "Step 3:")]
+    assert steps[0].body(text) == "likes quiet."
+    text = "Sure.\nStep 1:\nStep 2: likes quiet."  # a preamble with content still joins the body
+    assert segment_steps(text) == [Step(0, 0, len(text), 0, "Step 2:")]
+
+
+def test_without_any_content_the_last_marker_opens_the_only_step():
+    for text in ("Step 1:\nStep 2:", "Step 1: --\n**Final answer:** 🙂", "Step 1:\nStep 2:<|im_end|>"):
+        (step,) = segment_steps(text)
+        assert step.start == 0 and step.end == len(text) and step.marker in ("Step 2:", "**Final answer:**")
+        assert not re.search(r"[^\W_]", step.body(text).replace("<|im_end|>", ""))
+
+
+def test_empty_steps_do_not_count_against_max_steps():
+    text = "Step 1: a\nStep 2:\nStep 3:\nStep 4: d\nStep 5: e"
+    assert [s.marker for s in segment_steps(text, max_steps=2)] == ["Step 1:", "Step 4:"]
+    assert segment_steps(text, max_steps=2)[1].end == len(text)
+
+
+def test_letters_and_digits_of_any_script_are_content():
+    for body in ("东京", "42", "é", "Ω", "١٢"):
+        assert len(segment_steps(f"Step 1: a\nStep 2: {body}")) == 2
+    for body in ("🙂🌿", "...", "- * _", "\u00a0\u3000", "“”"):
+        assert len(segment_steps(f"Step 1: a\nStep 2: {body}")) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "markers"),
+    [
+        ("Step 1: a\n```\nStep 2: b\n```\nStep 3: c", ["Step 1:", "Step 3:"]),
+        ("Step 1: a\n   ~~~ yaml\nStep 2: b\n   ~~~\nStep 3: c", ["Step 1:", "Step 3:"]),
+        ("```\nStep 1: a\n```\nStep 2: b", ["Step 2:"]),  # a fence on the first line
+        ("Step 1: a\n````\n```\nStep 2: b\n````\nStep 3: c", ["Step 1:", "Step 3:"]),  # shorter fence inside
+        ("Step 1: a\n```\nStep 2: b\n~~~\nStep 3: c", ["Step 1:"]),  # other character: never closed
+        ("Step 1: a\n```\nStep 2: b\n``` x\nStep 3: c", ["Step 1:"]),  # a closing fence has no info string
+        ("Step 1: a\n``` a`b\nStep 2: b", ["Step 1:", "Step 2:"]),  # backtick in the info: not a fence
+        ("Step 1: a\n    ```\nStep 2: b", ["Step 1:", "Step 2:"]),  # 4 spaces: not a fence
+        ("Step 1: a\n``\nStep 2: b", ["Step 1:", "Step 2:"]),  # two backticks: not a fence
+        ("Step 1: a\r\n```\r\nStep 2: b\r\n```\r\nStep 3: c", ["Step 1:", "Step 3:"]),
+        ("Step 1: a\n```\nFinal answer: b\n```\nAnswer: c", ["Step 1:", "Answer:"]),
+    ],
+)
+def test_markers_inside_fenced_code_are_text(text, markers):
+    steps = segment_steps(text)
+    assert_tiles(text, steps)
+    assert [s.marker for s in steps] == markers
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Step 1: a\nStep 2: b",
+        "Step 1: a\nStep 2:",
+        "Step 1: a\nStep 2",
+        "Step 1: a\n**Final answer**",
+        "Step 1: a\nStep 2:\n",
+        "Step 1: a\nStep 2 \u00a0",
+        "Step 1: a\n```\nStep 2: b\n```",
+        "",
+        "  \n",
+        "Step 1:",
+    ],
+)
+@pytest.mark.parametrize("tail", ["<|im_end|>", "\n<|endoftext|>", "<|im_end|>\n<|endoftext|>  ", "</s>", " <eos>\n"])
+def test_trailing_end_tokens_are_not_content(text, tail):
+    plain, ended = segment_steps(text), segment_steps(text + tail)
+    assert ended[:-1] == plain[:-1]
+    assert ended[-1] == plain[-1]._replace(end=len(text + tail))
+
+
+def test_end_tokens_inside_the_text_are_content():
+    text = "Step 1: a\nStep 2: <|im_end|>\nStep 3: b"
+    assert len(segment_steps(text)) == 3
+
+
+# ---------------------------------------------------------------- time stays linear
+
+
 def test_pathological_inputs_finish():
-    # Long runs of what the marker pattern could start on; the scan must stay linear (no timing asserted here:
+    # Long runs of what the patterns could start on; the scan must stay linear (no timing asserted here:
     # scripts/bench_advantage.py measures speed; a backtracking regex would hang this test until its timeout).
     texts = [
         "-" * 200_000,
@@ -90,6 +201,13 @@ def test_pathological_inputs_finish():
         ("Step 1 (" + "x" * 79 + "\n") * 2_000,
         ("Step 1" + "1" * 50 + "\n") * 2_000,
         "\n" * 200_000,
+        "Step 1:\n" * 50_000,
+        "```\n" * 50_000 + "Step 1: x",
+        "\n```" + "`" * 200_000,
+        "Step 1: x\n" + "~~~ " * 50_000,
+        "<|im_end|>" * 50_000,
+        "Step 1: x" + " <|im_end|>\n" * 50_000,
+        "Step 1: x" + " " * 200_000 + "</s>",
     ]
     for text in texts:
         assert_tiles(text, segment_steps(text))
@@ -97,33 +215,10 @@ def test_pathological_inputs_finish():
     assert len(segment_steps(many)) == 20_000
 
 
-_FRAGMENTS = [
-    "Step",
-    "step",
-    " ",
-    "\t",
-    "1",
-    "12",
-    "N",
-    ":",
-    ".",
-    ")",
-    "-",
-    "\u2014",
-    "**",
-    "#",
-    "> ",
-    "\n",
-    "\r\n",
-    "Answer",
-    "Final answer",
-    "(x)",
-    "é",
-    "東",
-    "🙂",
-    "word",
-    ",",
-]
+# ---------------------------------------------------------------- properties
+
+_FRAGMENTS = ["Step", "step", " ", "\t", "1", "12", "N", ":", ".", ")", "-", "\u2014", "**", "#", "> ", "\n", "\r\n"]
+_FRAGMENTS += ["Answer", "Final answer", "(x)", "é", "東", "🙂", "word", ",", "```", "~~~", "`", "<|im_end|>", "</s>"]
 
 
 @settings(max_examples=150, deadline=None)
@@ -136,117 +231,99 @@ def test_segmentation_invariants(parts, max_steps):
     assert_tiles(text, capped)
     assert capped[:-1] == steps[: len(capped) - 1]
     assert len(capped) == min(len(steps), max_steps)
-    # every later step starts at a line start, and nothing else is a step
-    for s in steps[1:]:
+    for s in steps[1:]:  # every later step starts at a line start
         assert text[s.start - 1] == "\n"
 
 
-# ---------------------------------------------------------------- token alignment: hand-made offset mappings
+_ANCHORED = re.compile(_MARKER_LINE, re.IGNORECASE)
+_FENCE_LINE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+_CONTENT_CHAR = re.compile(r"[^\W_]")
 
 
-def test_straddling_token_goes_to_the_step_of_its_first_char():
-    steps = [Step(0, 0, 10, 0, ""), Step(1, 10, 20, 10, "")]
-    offsets = [(0, 4), (4, 9), (9, 12), (12, 20)]
-    assert token_step_ids(offsets, steps).tolist() == [0, 0, 0, 1]
-    offsets = [(0, 4), (4, 10), (10, 12), (12, 20)]
-    assert token_step_ids(offsets, steps).tolist() == [0, 0, 1, 1]
+def reference_segment(text: str, max_steps: int | None) -> list[Step]:
+    """The rules of ``cdra_plugin.steps``, written line by line without its single-pass scan."""
+    end = len(text)
+    while True:  # trailing whitespace and end-of-sequence texts are not content
+        end = len(text[:end].rstrip())
+        token = next((t for t in DEFAULT_END_TOKENS if text[:end].endswith(t)), None)
+        if token is None:
+            break
+        end -= len(token)
+    content = text[:end]
+    markers, fence, line_start = [], None, 0
+    for line in content.split("\n"):
+        opening = _FENCE_LINE.match(line)
+        if opening and fence is None and (opening[1][0] == "~" or "`" not in opening[2]):
+            fence = opening[1]
+        elif opening and fence and opening[1][0] == fence[0] and len(opening[1]) >= len(fence):
+            fence = fence if opening[2].strip(" \t\r") else None
+        elif fence is None and (
+            marker := _ANCHORED.match(content, line_start, line_start + len(line.removesuffix("\r")))
+        ):
+            markers.append((line_start, marker.end(), marker.group().strip()))
+        line_start += len(line) + 1
+    kept = []
+    for k, (_, body, _) in enumerate(markers):
+        stop = markers[k + 1][0] if k + 1 < len(markers) else end
+        if _CONTENT_CHAR.search(content[body:stop]):
+            kept.append(markers[k])
+    kept = kept[:max_steps]
+    if not markers:
+        return [Step(0, 0, len(text), 0, "")]
+    kept = kept or markers[-1:]  # no step has content: the last marker opens the only one
+    starts = [0] + [m[0] for m in kept[1:]]
+    stops = starts[1:] + [len(text)]
+    steps = [Step(k, starts[k], stops[k], m[1], m[2]) for k, m in enumerate(kept)]
+    if _CONTENT_CHAR.search(text[: markers[0][0]]):  # the text of empty steps is not a preamble
+        steps[0] = steps[0]._replace(body_start=0)
+    return steps
 
 
-def test_zero_width_tokens_follow_the_previous_token():
-    steps = [Step(0, 0, 5, 0, ""), Step(1, 5, 9, 5, ""), Step(2, 9, 12, 9, "")]
-    offsets = torch.tensor([[0, 0], [0, 3], [5, 7], [0, 0], [9, 12], [12, 12], [0, 0]])
-    assert token_step_ids(offsets, steps).tolist() == [0, 0, 1, 1, 2, 2, 2]
-    assert token_step_ids([(0, 0), (0, 0)], steps).tolist() == [0, 0]
+_PIECES = ["Step", "step", "ſtep", " ", "\t", "1", "2.1", "N", ":", "：", ".", ")", "-", "—", "**", "#", "> ", "_"]
+_PIECES += ["\n", "\r\n", "\r", "Answer", "Final answer", "(x)", "é", "東", "🙂", "word", ",", "Sure.", "١", "   "]
+_PIECES += ["```", "````", "~~~", "`", "~", "<|im_end|>", "<|endoftext|>", "</s>", "\u00a0", "x"]
 
 
-def test_empty_offsets_and_bad_shapes():
-    steps = segment_steps("Step 1: a")
-    assert token_step_ids([], steps).shape == (0,)
-    assert token_step_ids(torch.zeros(0, 2, dtype=torch.long), steps).dtype == torch.long
-    with pytest.raises(ValueError, match=r"\(T, 2\)"):
-        token_step_ids(torch.zeros(4, 3, dtype=torch.long), steps)
-    with pytest.raises(ValueError, match="steps is empty"):
-        token_step_ids([(0, 1)], [])
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=50), st.sampled_from([None, 1, 2, 3, 5]))
+def test_segment_steps_equals_the_line_by_line_reference(parts, max_steps):
+    text = "".join(parts)
+    assert segment_steps(text, max_steps) == reference_segment(text, max_steps)
 
 
-def test_step_token_spans_inverse_and_empty_steps():
-    ids = torch.tensor([0, 0, 2, 2, 2, 4])
-    assert step_token_spans(ids, 6) == [(0, 2), (2, 2), (2, 5), (5, 5), (5, 6), (6, 6)]
-    assert step_token_spans(torch.zeros(0, dtype=torch.long), 2) == [(0, 0), (0, 0)]
-    with pytest.raises(ValueError, match="non-decreasing"):
-        step_token_spans(torch.tensor([0, 1, 0]), 2)
-    with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        step_token_spans(torch.tensor([0, 2]), 2)
+@pytest.mark.parametrize("max_steps", [None, 2])
+def test_segment_steps_equals_the_reference_on_the_corpus(max_steps):
+    for record in CORPUS:
+        assert segment_steps(record["text"], max_steps) == reference_segment(record["text"], max_steps)
 
 
-# ---------------------------------------------------------------- token alignment: the tiny byte-level BPE tokenizer
+# The gateway segments the response it receives after stripping trailing end-of-sequence texts
+# (``cdra_plugin.prm.scoring.strip_end_tokens``); the trainer segments the decoded action tokens, which still end
+# with the EOS token. Both must find the same steps, or the sample is dropped as a step-count mismatch.
+_HOSTILE = ["Step 1:", "Step 2:", "**Step 3**", "Final answer", "Answer:", "\n", "\n\n", " ", "\t", "\r\n", "x"]
+_HOSTILE += [
+    "The user likes quiet.",
+    "...",
+    "---",
+    "```",
+    "~~~",
+    "```py",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "🙂",
+    "\u00a0",
+]
 
 
-def _align(tokenizer, text):
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    steps = segment_steps(text)
-    ids = token_step_ids(enc["offset_mapping"], steps)
-    return enc, steps, ids
-
-
-@pytest.mark.parametrize("record", CORPUS, ids=[r["id"] for r in CORPUS])
-def test_corpus_alignment_with_real_tokenizer(tiny_tokenizer, record):
-    text = record["text"]
-    enc, steps, ids = _align(tiny_tokenizer, text)
-    assert ids.shape == (len(enc["input_ids"]),)
-    for (a, b), k in zip(enc["offset_mapping"], ids.tolist(), strict=True):
-        if b > a:
-            assert steps[k].start <= a < steps[k].end
-    spans = step_token_spans(ids, len(steps))
-    # Steps start at line starts and Qwen2's pre-tokenizer never merges across a line break into the next line,
-    # so each step's tokens decode to exactly its text: nothing lost, nothing duplicated.
-    decoded = [tiny_tokenizer.decode(enc["input_ids"][a:b], clean_up_tokenization_spaces=False) for a, b in spans]
-    assert decoded == [text[s.start : s.end] for s in steps]
-
-
-def test_multibyte_character_split_over_tokens(tiny_tokenizer):
-    text = "ab 東京 🙂x"
-    enc = tiny_tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    offsets = enc["offset_mapping"]
-    # byte-level BPE splits each of these characters into several tokens that share the character's offsets
-    assert sum(1 for a, b in offsets if (a, b) == (text.index("🙂"), text.index("🙂") + 1)) >= 2
-    boundary = text.index("京")
-    steps = [Step(0, 0, boundary, 0, ""), Step(1, boundary, len(text), boundary, "")]
-    ids = token_step_ids(offsets, steps).tolist()
-    for (a, _), k in zip(offsets, ids, strict=True):
-        assert k == (1 if a >= boundary else 0)
-    # all byte pieces of 京 land in step 1, so step 1 decodes to whole characters
-    a, b = step_token_spans(torch.tensor(ids), 2)[1]
-    assert tiny_tokenizer.decode(enc["input_ids"][a:b]) == text[boundary:]
-
-
-def test_boundary_inside_a_token_with_leading_space(tiny_tokenizer):
-    text = "Step 1: go\n  Step 2: stop"
-    enc, steps, ids = _align(tiny_tokenizer, text)
-    assert [s.start for s in steps] == [0, text.index("\n") + 1]
-    offsets = enc["offset_mapping"]
-    # the indentation's tokens (" ", " Step") start at or after the line start: step 1 (index 1)
-    first_of_step2 = next(i for i, (a, _) in enumerate(offsets) if a >= steps[1].start)
-    assert ids[first_of_step2:].eq(1).all() and ids[:first_of_step2].eq(0).all()
-    # a boundary in the middle of the " Step" token: the token stays with the step of its first character
-    mid = text.index("Step 2") + 2
-    cut = [Step(0, 0, mid, 0, ""), Step(1, mid, len(text), mid, "")]
-    cut_ids = token_step_ids(offsets, cut)
-    step_token = next(i for i, (a, b) in enumerate(offsets) if a < mid < b)
-    assert cut_ids[step_token] == 0 and cut_ids[step_token + 1] == 1
-
-
-def test_double_newline_token_stays_with_previous_step(tiny_tokenizer):
-    text = "Step 1: a.\n\nStep 2: b"
-    enc, steps, ids = _align(tiny_tokenizer, text)
-    tokens = tiny_tokenizer.convert_ids_to_tokens(enc["input_ids"])
-    nl = next(i for i, t in enumerate(tokens) if "ĊĊ" in t)
-    assert ids[nl] == 0 and ids[nl + 1] == 1
-
-
-def test_special_tokens_in_text_and_appended_eos(tiny_tokenizer):
-    text = "Step 1: a\nStep 2: b<|im_end|>"
-    enc, steps, ids = _align(tiny_tokenizer, text)
-    assert ids[-1] == 1  # <|im_end|> has real offsets here: it is text of step 2
-    offsets = list(enc["offset_mapping"]) + [(0, 0)]  # an EOS appended after decoding has no characters
-    assert token_step_ids(offsets, steps)[-1] == 1
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_HOSTILE), max_size=30), st.sampled_from([None, 2, 32]))
+def test_gateway_and_trainer_find_the_same_steps(tiny_tokenizer, parts, max_steps):
+    text = "".join(parts)
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
+    (trainer,) = align_steps(tiny_tokenizer, [ids], max_steps=max_steps)
+    assert trainer.text == text + tiny_tokenizer.eos_token  # the fragments survive the tokenizer's normaliser
+    gateway = segment_steps(strip_end_tokens(text), max_steps)
+    assert len(trainer.steps) == len(gateway)
+    assert [(s.start, s.body_start, s.marker) for s in trainer.steps] == [
+        (s.start, s.body_start, s.marker) for s in gateway
+    ]

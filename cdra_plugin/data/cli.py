@@ -8,13 +8,16 @@ Usage (``cdra data prepare --help`` describes every output file):
 """
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
-from cdra_plugin.data.loader import load_deeppref, load_prefeval
+from cdra_plugin.data.loader import InputError, load_deeppref, load_prefeval
 from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.schema import RecordError
 from cdra_plugin.data.split import SplitError
+from cdra_plugin.data.writer import DirectoryError, InterruptedAfterCommit
 
 SHOWN_SKIPS = 20
 PREPARE_EPILOG = """\
@@ -36,10 +39,12 @@ outputs (JSON Lines; every "input" is a list of chat messages, use --data.apply_
                     distribution, path lengths, R(tau) of RFT paths, skipped records, options used.
 With --prefeval only rl_prompts.jsonl, eval.jsonl and stats.json are written.
 
-Files are written all or nothing (temporary files renamed at the end). An --output directory that already holds
-any of these names is refused unless --overwrite. Scenario ids are "<topic>/<index in file>"; the topic is <Topic>
-of cot_<Topic>_preferences.json (else the file stem). --eval-size larger than the number of distinct scenarios is
-an error (it is not clamped)."""
+The files are written as one set, all or nothing: into a hidden staging folder, then moved into --output by a
+journalled commit, so no run leaves a half-written file or a mix of two runs (Ctrl-C or SIGTERM: exit status 130
+or 143, nothing changed). Temporaries left by a killed run are removed by the next run. An --output directory that
+already holds any of these names is refused unless --overwrite. Scenario ids are "<topic>/<index in file>"; the
+topic is <Topic> of cot_<Topic>_preferences.json (else the file stem). --eval-size larger than the number of
+distinct scenarios is an error (it is not clamped)."""
 
 
 def add_parser(subparsers) -> None:
@@ -105,19 +110,50 @@ def run_prepare(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    source = "--input" if args.input else "--prefeval"
     try:
-        if args.input:
-            stats = prepare_deeppref(args.input, args.output, options)
-        else:
-            stats = prepare_prefeval(args.prefeval, args.output, options)
+        with _sigterm_as_interrupt():
+            if args.input:
+                stats = prepare_deeppref(args.input, args.output, options)
+            else:
+                stats = prepare_prefeval(args.prefeval, args.output, options)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, args.output)
+    except InputError as exc:
+        return _fail(f"{source} {exc}")
     except RecordError as exc:
         return _fail(f"{exc}\n(nothing was written; fix the record or pass --skip-invalid to skip bad records)")
-    except (PrepareError, SplitError) as exc:
+    except (PrepareError, SplitError, DirectoryError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"writing {args.output} failed: {exc} (no output file was written or changed)")
     _report(stats, Path(args.output))
     return 0
+
+
+def _interrupted(exc: KeyboardInterrupt, output: str) -> int:
+    """One line and the shell's status for the signal (130 for SIGINT, 143 for SIGTERM), no traceback."""
+    name = "SIGTERM" if exc.args == ("SIGTERM",) else "SIGINT"
+    if isinstance(exc, InterruptedAfterCommit):
+        outcome = f"{output} had already received this run's complete set"
+    else:
+        outcome = f"nothing in {output} was written or changed"
+    print(f"cdra data: interrupted ({name}); {outcome}", file=sys.stderr)
+    return 128 + signal.Signals[name]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) unwinds like Ctrl-C: KeyboardInterrupt("SIGTERM")."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(stats: dict, output: Path) -> None:
@@ -144,8 +180,8 @@ def _report(stats: dict, output: Path) -> None:
 def run_validate(args) -> int:
     try:
         loaded = load_deeppref(args.input, True) if args.input else load_prefeval(args.prefeval, True)
-    except RecordError as exc:
-        return _fail(str(exc))
+    except InputError as exc:
+        return _fail(f"{'--input' if args.input else '--prefeval'} {exc}")
     for err in loaded.skipped:
         print(err, file=sys.stderr)
     valid, invalid, files = len(loaded.records), len(loaded.skipped), len(loaded.files)

@@ -19,7 +19,8 @@ SPLITS = {PRM_SFT: "prm_sft", RFT: "rft", RL_PROMPTS: "rl_prompts", EVAL: "eval"
 def load_deeppref_dataset(
     spec, eval_size: int = 300, seed: int = 0, top_k: int = 1, prm_examples: str = "node", skip_invalid: bool = False
 ):
-    """A ``DatasetDict`` with the four splits; raises :class:`RecordError` on bad input unless ``skip_invalid``."""
+    """A ``DatasetDict`` with the four splits; raises :class:`RecordError` on a bad record unless ``skip_invalid``,
+    :class:`InputError` when ``spec`` names no input file."""
     from datasets import Dataset, DatasetDict
 
     scenarios = load_deeppref(spec, skip_invalid).records

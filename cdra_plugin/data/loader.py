@@ -7,7 +7,8 @@
 
 Each record gets a stable id ``<topic>/<index in file>``. Bad input raises :class:`RecordError` naming the file,
 the record index and the field; with ``skip_invalid`` the bad record (or an unreadable file) is skipped and
-recorded in :attr:`Loaded.skipped` instead, so the caller can report the count at the end.
+recorded in :attr:`Loaded.skipped` instead, so the caller can report the count at the end. A path that names no
+input file at all (or two files of one topic) raises :class:`InputError`, which ``skip_invalid`` does not skip.
 
     from cdra_plugin.data.loader import load_deeppref
     loaded = load_deeppref("trees/", skip_invalid=True)
@@ -24,6 +25,10 @@ from cdra_plugin.data.schema import FieldError, RecordError, parse_pair, parse_s
 
 DEEPPREF_NAME = re.compile(r"^cot_(?P<topic>.+)_preferences$")
 SUFFIXES = (".json", ".jsonl")
+
+
+class InputError(ValueError):
+    """The input path itself is unusable: nothing there, no data file in it, or two files for one topic."""
 
 
 @dataclass
@@ -43,15 +48,15 @@ def resolve_inputs(spec: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SUFFIXES)
         if not files:
-            raise RecordError(str(path), None, None, "directory has no .json or .jsonl files")
+            raise InputError(f"{path}: the directory has no .json or .jsonl file")
         return files
     if glob.has_magic(str(spec)):
         matches = (Path(p) for p in glob.glob(str(spec), recursive=True))
         files = sorted(p for p in matches if p.is_file() and p.suffix in SUFFIXES)
         if not files:
-            raise RecordError(str(spec), None, None, "the pattern matches no .json or .jsonl file")
+            raise InputError(f"{spec}: the pattern matches no .json or .jsonl file")
         return files
-    raise RecordError(str(spec), None, None, "no such file or directory")
+    raise InputError(f"{spec}: no such file or directory")
 
 
 def deeppref_topic(path: Path) -> str:
@@ -92,7 +97,7 @@ def _load(spec, topic_of: Callable[[Path], str], parse: Callable, skip_invalid: 
     for path in resolve_inputs(spec):
         topic = topic_of(path)
         if topic in topic_files:
-            raise RecordError(str(path), None, None, f"topic {topic!r} already comes from {topic_files[topic]}")
+            raise InputError(f"{path}: topic {topic!r} already comes from {topic_files[topic]} (one file per topic)")
         topic_files[topic] = path
         loaded.files.append(str(path))
         try:

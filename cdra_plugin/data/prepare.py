@@ -3,15 +3,16 @@
     prepare_deeppref("trees/", "out/", PrepareOptions(eval_size=300, seed=0))   # 4 jsonl files + stats.json
     prepare_prefeval("prefeval_explicit/", "out/", PrepareOptions())           # rl_prompts, eval, stats.json
 
-Outputs are written through :class:`AtomicFiles` (nothing half-written survives a failure). An output directory
-that already holds any of the known output names is refused unless ``overwrite`` is set; with it, known outputs
-this mode does not produce (e.g. ``prm_sft.jsonl`` left from a DeepPref run, when preparing PrefEval) are removed
-after the new set is in place, so ``stats.json`` always describes every file beside it.
+The outputs are one set, written through :class:`AtomicFiles` (journalled commit: never a mix of two runs, nothing
+half-written, stale temporaries of interrupted runs swept, the output directory locked while a run writes, and not
+left behind empty by a failed run). An output directory that already holds any of the known output names is
+refused unless ``overwrite`` is set; with it, known outputs this mode does not produce (e.g. ``prm_sft.jsonl`` left
+from a DeepPref run, when preparing PrefEval) are deleted by the same commit, so ``stats.json`` always describes
+every file beside it.
 """
 
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,8 +52,6 @@ class PrepareOptions:
 
 def check_output_dir(output: Path, overwrite: bool) -> None:
     """Refuse to replace earlier outputs silently, and refuse names taken by directories."""
-    if output.exists() and not output.is_dir():
-        raise PrepareError(f"--output {output} exists and is not a directory")
     present = [name for name in KNOWN_OUTPUTS if (output / name).exists()]
     blocked = [name for name in present if (output / name).is_dir()]
     if blocked:
@@ -78,21 +77,6 @@ def _valid_records(loaded: Loaded, spec) -> list:
     return loaded.records
 
 
-def _write(output: Path, names: tuple[str, ...], rows: Iterator[tuple[str, dict]], stats_body) -> dict:
-    """Stream ``rows`` into ``names`` and then ``stats.json``, atomically; returns the stats written."""
-    counts = dict.fromkeys(names, 0)
-    with AtomicFiles(output) as files:
-        streams = {name: files.open(name) for name in names}
-        for name, row in rows:
-            streams[name].write(json.dumps(row, ensure_ascii=False) + "\n")
-            counts[name] += 1
-        stats = stats_body(counts)
-        files.write_json(STATS, stats)
-    for stale in set(KNOWN_OUTPUTS) - {*names, STATS}:
-        (output / stale).unlink(missing_ok=True)
-    return stats
-
-
 def _header(source: str, spec, loaded: Loaded, options: PrepareOptions, units: int, eval_keys: set) -> dict:
     return {
         "cdra_plugin": __version__,
@@ -105,36 +89,43 @@ def _header(source: str, spec, loaded: Loaded, options: PrepareOptions, units: i
     }
 
 
-def _progress(records: list, options: PrepareOptions, what: str):
-    return tqdm(records, desc=f"prepare {what}", unit="record", disable=not options.progress, file=sys.stderr)
+def _progress(records: list, options: PrepareOptions, source: str) -> tqdm:
+    return tqdm(records, desc=f"prepare {source}", unit="record", disable=not options.progress, file=sys.stderr)
+
+
+def _prepare(source: str, spec, output, options: PrepareOptions, load, names: tuple[str, ...], to_rows) -> dict:
+    """Load, split and convert inside one locked, journalled AtomicFiles set; returns the stats written."""
+    output = Path(output)
+    _check_options(options)
+    if output.exists() and not output.is_dir():
+        raise PrepareError(f"--output {output} exists and is not a directory")
+    with AtomicFiles(output, replaces=KNOWN_OUTPUTS) as files:
+        check_output_dir(output, options.overwrite)  # after the writer completed any interrupted commit
+        loaded = load(spec, options.skip_invalid)
+        records = _valid_records(loaded, spec)
+        units = units_of(records)
+        eval_keys = eval_units(units, options.eval_size, options.seed)
+        stats, counts = Stats(), dict.fromkeys(names, 0)
+        streams = {name: files.open(name) for name in names}
+        with _progress(records, options, source) as bar:  # closed (its line ended) before any error is printed
+            for name, row in to_rows(bar, eval_keys, stats):
+                streams[name].write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts[name] += 1
+        result = {**_header(source, spec, loaded, options, len(units), eval_keys), "outputs": counts}
+        result.update(stats.to_dict())
+        files.write_json(STATS, result)
+    return result
 
 
 def prepare_deeppref(spec, output, options: PrepareOptions) -> dict:
     """prm_sft.jsonl, rft.jsonl, rl_prompts.jsonl, eval.jsonl and stats.json from DeepPref trees."""
-    output = Path(output)
-    _check_options(options)
-    check_output_dir(output, options.overwrite)
-    loaded = load_deeppref(spec, options.skip_invalid)
-    scenarios = _valid_records(loaded, spec)
-    units = units_of(scenarios)
-    eval_keys = eval_units(units, options.eval_size, options.seed)
-    stats = Stats()
-    rows = deeppref_rows(
-        _progress(scenarios, options, "DeepPref"), eval_keys, stats, options.top_k, options.prm_examples
-    )
-    header = _header("deeppref", spec, loaded, options, len(units), eval_keys)
-    return _write(output, DEEPPREF_OUTPUTS, rows, lambda counts: {**header, "outputs": counts, **stats.to_dict()})
+
+    def to_rows(records, eval_keys, stats):
+        return deeppref_rows(records, eval_keys, stats, options.top_k, options.prm_examples)
+
+    return _prepare("deeppref", spec, output, options, load_deeppref, DEEPPREF_OUTPUTS, to_rows)
 
 
 def prepare_prefeval(spec, output, options: PrepareOptions) -> dict:
     """rl_prompts.jsonl, eval.jsonl and stats.json from PrefEval (preference, question) pairs."""
-    output = Path(output)
-    check_output_dir(output, options.overwrite)
-    loaded = load_prefeval(spec, options.skip_invalid)
-    pairs = _valid_records(loaded, spec)
-    units = units_of(pairs)
-    eval_keys = eval_units(units, options.eval_size, options.seed)
-    stats = Stats()
-    rows = prefeval_rows(_progress(pairs, options, "PrefEval"), eval_keys, stats)
-    header = _header("prefeval", spec, loaded, options, len(units), eval_keys)
-    return _write(output, PREFEVAL_OUTPUTS, rows, lambda counts: {**header, "outputs": counts, **stats.to_dict()})
+    return _prepare("prefeval", spec, output, options, load_prefeval, PREFEVAL_OUTPUTS, prefeval_rows)

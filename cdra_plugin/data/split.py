@@ -55,9 +55,10 @@ def eval_units(units: list[Unit], eval_size: int, seed: int) -> set[tuple[str, s
     if eval_size < 0:
         raise SplitError(f"--eval-size must be >= 0, got {eval_size}")
     if eval_size > len(units):
+        suggestion = max(1, round(len(units) / 10)) if len(units) > 1 else 0  # about a tenth, some left to train
         raise SplitError(
-            f"--eval-size {eval_size} is more than the {len(units)} distinct scenarios in the input; "
-            f"pass --eval-size {len(units)} or less (0 writes an empty eval.jsonl)"
+            f"--eval-size {eval_size} is more than the {len(units)} distinct scenarios in the input: pass a smaller "
+            f"one, e.g. --eval-size {suggestion} (about 10% held out; 0 holds none out)"
         )
     by_topic: dict[str, list[Unit]] = {}
     for unit in units:

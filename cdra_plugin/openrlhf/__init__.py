@@ -1,7 +1,13 @@
-"""The only part of cdra-plugin that imports OpenRLHF: the CDPA experience maker, trainers and `cdra-train`.
+"""The only part of cdra-plugin that knows OpenRLHF (paper Section 2.4 on the host's machinery):
+
+- ``config``            ``CDPAConfig``: every ``--cdpa.*`` option, default and check (imports no OpenRLHF)
+- ``train``             ``cdra-train``: the host's ``train_ppo_ray`` plus the ``cdpa`` estimator
+- ``experience_maker``  ``CDPAExperienceMaker``: the host's ``RemoteExperienceMaker`` with Eq. 3's advantages
+- ``trainer``           the host's sync and async trainers with that experience maker installed
+- ``tracer``            critique traces of sampled responses (format: ``cdra_plugin.traces``)
 
 Written against ``openrlhf==0.11.2``; ``require_host_version`` makes any other version fail loudly instead of
-silently training with internals that moved.
+silently training with internals that moved, and ``tests/test_openrlhf_compat.py`` pins what the plugin uses.
 """
 
 import importlib.metadata

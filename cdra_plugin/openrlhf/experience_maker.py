@@ -5,22 +5,30 @@ the same normalised scalar reward; CDPA gives token t the score of the reasoning
 r_{i,t} = r_i^{step(t)}, and normalises per token position across the G responses of a prompt
 (``cdra_plugin.advantage.cdpa_advantages``, mode from ``--cdpa.mode``).
 
-Only ``compute_advantages_and_returns`` changes, and only for ``--algo.advantage.estimator cdpa``; every other
-estimator runs the host's code untouched. For ``cdpa``, per batch:
+Only ``compute_advantages_and_returns`` changes (and a check before ``make_experience_batch``), and only for
+``--algo.advantage.estimator cdpa``; every other estimator runs the host's code untouched. ``from_host`` builds it
+from the host's own experience maker (its state copied, no constructor argument repeated), which is how the CDPA
+trainers install it (``cdra_plugin.openrlhf.trainer``). Options: ``args.cdpa``, a ``CDPAConfig``. For ``cdpa``, per
+batch:
 
 1. The step scores come from the gateway through the ``extra_logs`` carrier (``cdra_plugin.carrier``); the keys
    are removed from ``info`` once read.
 2. Each response is decoded from its action tokens (special tokens kept, the text the gateway saw), segmented
-   with ``cdra_plugin.steps`` at the carrier's width, and every action token gets its step through the
-   tokenizer's offsets (``cdra_plugin.detok``). A step count that disagrees with the gateway's is a failure.
+   at the carrier's width, and every action token gets its step through the tokenizer's offsets, all in one
+   batched call (``cdra_plugin.align``). A step count that disagrees with the gateway's is a failure.
 3. Host length penalties (DAPO overlong, ProRL stop-properly) change the scalar reward as in the host; that change
    is added to every step score of the sample.
 4. Responses are laid out by response position (token t = t-th generated token) in the host's group order
    (``index``, ``n_samples_per_prompt``) and ``cdpa_advantages`` runs once over the whole batch.
-5. KL as a reward (``--algo.kl.use_loss`` off) is added as in the host: the return-to-go of -beta*KL_t.
+5. ``--reward.clip_range LOW HIGH`` clamps each token's CDPA advantage, as the host clamps a group estimator's
+   normalised reward (``compute_reward``) before the KL term; the share of tokens it changed is logged.
+   KL as a reward (``--algo.kl.use_loss`` off) is then added as in the host: the return-to-go of -beta*KL_t.
 6. Failed samples (PRM failure under the gateway's ``drop`` policy, a reward call that never returned, or a step
    mismatch) take no part in the group statistics and get zero advantage; ``--cdpa.failure_policy fail`` raises
    instead. They are counted in ``info['cdpa_failed']``.
+
+Every ``info`` entry is one number per sample; the host logs their means as ``train/<key>`` (README, "Train with
+CDPA", lists the CDPA ones).
 """
 
 from dataclasses import dataclass
@@ -34,6 +42,7 @@ from openrlhf.utils.logging_utils import init_logger
 from cdra_plugin.advantage import cdpa_advantages
 from cdra_plugin.align import align_steps
 from cdra_plugin.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
+from cdra_plugin.openrlhf.tracer import CritiqueTracer
 
 logger = init_logger(__name__)
 
@@ -41,9 +50,22 @@ logger = init_logger(__name__)
 class CDPAExperienceMaker(RemoteExperienceMaker):
     """``RemoteExperienceMaker`` plus the ``cdpa`` estimator (options under ``args.cdpa``)."""
 
-    def __init__(self, *args, tracer=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tracer = tracer
+    tracer: CritiqueTracer | None
+
+    @classmethod
+    def from_host(cls, host: RemoteExperienceMaker, tracer: CritiqueTracer | None = None) -> "CDPAExperienceMaker":
+        """The CDPA variant of the host's experience maker: the same state, shared (model groups, KL controller,
+        strategy, tokenizer and whatever else the host's constructor set up), so the host's constructor arguments
+        are not repeated here. Only the host's own class is accepted: a subclass's behaviour would be lost."""
+        if type(host) is not RemoteExperienceMaker:
+            raise TypeError(
+                f"the trainer's experience maker is a {type(host).__qualname__}, not OpenRLHF's "
+                "RemoteExperienceMaker: cdra-plugin cannot combine CDPA with another plugin's experience maker"
+            )
+        maker = cls.__new__(cls)
+        maker.__dict__.update(vars(host))
+        maker.tracer = tracer
+        return maker
 
     @torch.no_grad()
     def make_experience_batch(self, rollout_samples):
@@ -102,13 +124,17 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
             mode=args.cdpa.mode,
             eps=args.cdpa.eps,
             step_ids=layout.step_ids,
-            outcome_aggregation=args.cdpa.reward_aggregation,
+            outcome_aggregation=args.cdpa.outcome_aggregation,
         )
-        stats["failed_frac"] = n_failed / max(len(layout.order), 1)
+        if args.reward.clip_range:
+            low, high = args.reward.clip_range
+            changed = ((advantages < low) | (advantages > high)) & layout.mask
+            stats["clipped_token_frac"] = float(changed.sum() / layout.mask.sum().clamp(min=1))
+            advantages = advantages.clamp(low, high)
         for exp, exp_rows, per_sample in zip(experiences, rows, layout.split(advantages, experiences), strict=True):
             self._finish(exp, exp_rows, per_sample, stats)
         if self.tracer is not None:
-            self.tracer.trace(experiences, rows, layout, advantages, self.tokenizer)
+            self.tracer.trace(experiences, rows, advantages, self.tokenizer)
         logger.info("[cdpa] " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(stats.items())))
         return experiences
 

@@ -5,6 +5,8 @@
     cdra prm score --backend http://127.0.0.1:8000/v1 --model pers-genprm --input r.jsonl --output scored.jsonl
 
 The gateway speaks OpenRLHF's remote reward-model protocol: train with --reward.remote_url http://HOST:PORT/get_reward.
+Its reward is the length-weighted mean of the step scores by default, which splitting a response into more steps
+cannot inflate; --reward-aggregation sum gives the paper's R_dense = sum of step scores (and rewards fragmenting).
 """
 
 from __future__ import annotations
@@ -15,29 +17,23 @@ import logging
 import sys
 from pathlib import Path
 
+from cdra_plugin.endpoint import Endpoint
+from cdra_plugin.prm import limits
+from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
 from cdra_plugin.prompts import DEFAULT_END_TOKENS
 
-# The serving stack (openai, fastapi, torch via steps) is imported when a command runs, so `cdra --help` is instant.
+# The serving stack (openai, fastapi, uvicorn) is imported when a command runs, so `--help` is instant.
 
 logger = logging.getLogger("cdra.prm")
 HOST_TIMEOUT_S = 180  # OpenRLHF's aiohttp timeout for one remote RM request
+PRM = Endpoint("--backend", "--model", "the PRM", names={"max_tokens": "--max-critique-tokens"})
 
 
 def _scoring_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("PRM backend")
-    g.add_argument("--backend", required=True, help="OpenAI-compatible base URL(s), comma-separated "
-                   "(vLLM/SGLang replicas or a hosted API); a URL without a path gets /v1")  # fmt: skip
-    g.add_argument("--model", required=True, help="model name the backend serves (vllm serve --served-model-name)")
-    g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the backend API key "
-                   "(never logged); without it the key 'EMPTY' is sent")  # fmt: skip
-    g.add_argument("--prompt-format", choices=["chat", "completion"], default="chat",
-                   help="chat: the prompt as one user message (the server applies the chat template); "
-                   "completion: the filled template as raw text")  # fmt: skip
-    g.add_argument("--concurrency", type=int, default=64, help="PRM calls in flight per backend (default 64)")
-    g.add_argument("--timeout", type=float, default=45.0, help="seconds per PRM call (default 45)")
-    g.add_argument("--retries", type=int, default=2, help="retries of a failed PRM call (default 2)")
-    g.add_argument("--backoff", type=float, default=0.5, help="base of the exponential backoff, s (default 0.5)")
-    g.add_argument("--backoff-max", type=float, default=8.0, help="cap of one backoff wait, s (default 8)")
+    PRM.add_endpoint(g, "; vLLM/SGLang replicas or a hosted API")
+    PRM.add_options(g, ("api_key", "prompt_format", "concurrency", "timeout", "retries", "backoff", "backoff_max"),
+                    timeout=45.0, retries=2)  # fmt: skip
     g = p.add_argument_group("step scoring (Pers-GenPRM, paper Sec. 2.3)")
     g.add_argument("--template", metavar="FILE", help="PRM prompt template overriding Fig. 15; fields {preference} "
                    "{question} {previous_steps} {current_step}")  # fmt: skip
@@ -45,17 +41,28 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                    "(= the carrier width the trainer reads, default 32)")  # fmt: skip
     g.add_argument("--k", type=int, default=1, help="critiques sampled per step (Appendix D; default 1)")
     g.add_argument("--k-aggregation", choices=["mean", "median"], default="mean", help="how k scores combine")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 for k=1, else 1)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-tokens", type=int, default=1024, help="critique length limit (default 1024)")
+    PRM.add_options(g, ("temperature", "top_p", "max_tokens"), temperature=None,
+                    helps={"temperature": "sampling temperature (default 0 for k=1, else 1)",
+                           "max_tokens": "length limit of one critique, in tokens"})  # fmt: skip
     g.add_argument("--end-tokens", default=",".join(DEFAULT_END_TOKENS),
                    help="comma-separated end-of-sequence texts removed from the end of a response")  # fmt: skip
     g.add_argument("--failure-policy", default="fail", metavar="drop|fail|score=X",
-                   help="a sample with a step unscored after retries: fail = HTTP 502 (default); drop = mark it "
-                   "invalid, honoured by cdra-train only; score=X = give failed steps X")  # fmt: skip
-    g.add_argument("--reward-aggregation", choices=["sum", "mean"], default="sum",
-                   help="reward = sum of step scores (R_dense, paper) or their mean")  # fmt: skip
-    g.add_argument("--cache-size", type=int, default=16384, help="results kept (LRU, default 16384; 0 = off)")
+                   help="a sample with a step unscored after retries: fail = the sample fails (serve: HTTP 502 "
+                   "naming it; score: the run stops) (default); drop = mark it invalid, honoured by cdra-train only; "
+                   "score=X = give failed steps X")  # fmt: skip
+    g.add_argument("--reward-aggregation", choices=REWARD_AGGREGATIONS, default=DEFAULT_REWARD_AGGREGATION,
+                   help="the scalar reward from the step scores: length_mean = mean weighted by step length "
+                   "(default; splitting steps cannot inflate it); mean; sum = the paper's R_dense, which grows with "
+                   "the number of steps (use it only to reproduce the paper's GRPO (with PRM) row)")  # fmt: skip
+    g.add_argument("--max-response-chars", type=int, default=limits.DEFAULT_MAX_RESPONSE_CHARS, metavar="N",
+                   help="longest response scored, in characters (default %(default)s); longer ones are refused "
+                   "(HTTP 413 / an input error)")  # fmt: skip
+    g.add_argument(
+        "--cache-mb",
+        type=float,
+        default=limits.DEFAULT_CACHE_MB,
+        help="memory for cached results, MiB (LRU, default %(default)s; 0 = off)",
+    )
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -71,7 +78,15 @@ def add_parser(subparsers) -> None:
     g.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     g.add_argument("--auth-token-env", metavar="VAR", help="require 'Authorization: Bearer <token>' with the token "
                    "from this environment variable (basic auth with it as password is accepted too)")  # fmt: skip
-    g.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit in MiB (default 16)")
+    g.add_argument("--max-body-mb", type=float, default=limits.DEFAULT_MAX_BODY_MB,
+                   help="request size limit in MiB (default %(default)s)")  # fmt: skip
+    g.add_argument("--max-samples", type=int, default=limits.DEFAULT_MAX_SAMPLES, metavar="N",
+                   help="samples per scoring request (default %(default)s; OpenRLHF sends 1)")  # fmt: skip
+    g.add_argument("--header-timeout", type=float, default=limits.DEFAULT_HEADER_TIMEOUT_S, metavar="S",
+                   help="seconds a client has to send a request's headers (default %(default)s)")  # fmt: skip
+    g.add_argument("--body-timeout", type=float, default=limits.DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                   help="seconds a client has to send a request's body once its headers arrived "
+                   "(default %(default)s)")  # fmt: skip
     serve.set_defaults(func=run_serve)
 
     score = sub.add_parser("score", help="score a JSONL file of responses step by step (resumable)",
@@ -82,36 +97,29 @@ def add_parser(subparsers) -> None:
                    "per line (or {id, label, response}, or OpenRLHF's {id, prompt, query, label})")  # fmt: skip
     g.add_argument("--output", type=Path, required=True, help="scored JSONL; records already there are skipped")
     g.add_argument("--parallel", type=int, default=64, help="responses scored at once (default 64)")
+    g.add_argument("--retry-failed", action="store_true", help="score again the records of earlier runs whose "
+                   "outcome was dropped or fallback (e.g. after a backend outage); by default every id in --output "
+                   "counts as done")  # fmt: skip
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=run_score)
 
 
 def build_gateway(args: argparse.Namespace):
     """The ``Gateway`` the options describe; ``ValueError`` naming the option otherwise."""
-    from cdra_plugin.llm import LLMClient, api_key_from_env, split_urls
+    from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.metrics import Metrics
     from cdra_plugin.prm.policy import FailurePolicy
     from cdra_plugin.prm.scoring import StepScorer, load_template
-    from cdra_plugin.prm.server import Gateway
 
     temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
     if args.k > 1 and temperature == 0:
         raise ValueError("--k > 1 with --temperature 0 samples k identical critiques; set --temperature > 0")
+    for option, value in (("--max-response-chars", args.max_response_chars),
+                          ("--max-samples", getattr(args, "max_samples", 1))):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
     metrics = Metrics()
-    client = LLMClient(
-        split_urls(args.backend),
-        args.model,
-        api_key=api_key_from_env(args.api_key_env),
-        prompt_format=args.prompt_format,
-        max_tokens=args.max_tokens,
-        temperature=temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retries=args.retries,
-        backoff=args.backoff,
-        backoff_max=args.backoff_max,
-        metrics=metrics,
-    )
+    client = PRM.client(args, temperature=temperature, metrics=metrics)
     scorer_kwargs = {"template": load_template(args.template)} if args.template else {}
     scorer = StepScorer(
         client,
@@ -126,7 +134,9 @@ def build_gateway(args: argparse.Namespace):
         scorer,
         policy=FailurePolicy.parse(args.failure_policy),
         reward_aggregation=args.reward_aggregation,
-        cache_size=args.cache_size,
+        cache_mb=args.cache_mb,
+        max_samples=getattr(args, "max_samples", limits.DEFAULT_MAX_SAMPLES),  # a `serve` option only
+        max_response_chars=args.max_response_chars,
         metrics=metrics,
     )
 
@@ -159,17 +169,18 @@ def _logging(level: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from cdra_plugin.llm import api_key_from_env
-    from cdra_plugin.prm.server import create_app
+    from cdra_plugin.prm.server import bind, create_app, serve
 
     _logging(args.log_level)
     try:
         gateway = build_gateway(args)
         token = api_key_from_env(args.auth_token_env, "--auth-token-env")
-        if args.max_body_mb <= 0:
-            raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+        for option, value in (("--max-body-mb", args.max_body_mb), ("--header-timeout", args.header_timeout),
+                              ("--body-timeout", args.body_timeout)):  # fmt: skip
+            if value <= 0:
+                raise ValueError(f"{option} must be > 0, got {value}")
+        sock = bind(args.host, args.port)  # before uvicorn starts: a port in use is one line, nothing else
     except (ValueError, OSError) as exc:
         print(f"cdra prm serve: error: {exc}", file=sys.stderr)
         return 2
@@ -177,27 +188,35 @@ def run_serve(args: argparse.Namespace) -> int:
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without --auth-token-env: anyone who reaches the port can use the PRM",
                        args.host)  # fmt: skip
-    app = create_app(gateway, auth_token=token, max_body_bytes=int(args.max_body_mb * (1 << 20)))
+    app = create_app(
+        gateway, auth_token=token, max_body_bytes=int(args.max_body_mb * (1 << 20)), body_timeout=args.body_timeout
+    )
     logger.info("reward URL for OpenRLHF: --reward.remote_url http://%s:%d/get_reward", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug")
+    serve(app, sock, header_timeout=args.header_timeout, log_level=args.log_level,
+          access_log=args.log_level == "debug")  # fmt: skip
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from cdra_plugin.prm.offline import score_file
+    from cdra_plugin.prm.offline import OfflineRun
     from cdra_plugin.prm.policy import SampleFailed
 
     _logging(args.log_level)
+    run = None
     try:
         if not args.input.is_file():
             raise ValueError(f"--input {args.input}: no such file")
-        gateway = build_gateway(args)
-        counts = asyncio.run(score_file(gateway, args.input, args.output, parallel=args.parallel))
+        run = OfflineRun(build_gateway(args), args.input, args.output, parallel=args.parallel,
+                         retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
+        asyncio.run(run.score())
     except (ValueError, OSError) as exc:
         print(f"cdra prm score: error: {exc}", file=sys.stderr)
         return 2
     except SampleFailed as exc:
-        print(f"cdra prm score: stopped: {exc}", file=sys.stderr)
+        print(f"cdra prm score: stopped: {exc}; {run.summary()}", file=sys.stderr)
         return 1
-    print(f"cdra prm score: {counts} -> {args.output}")
+    except KeyboardInterrupt:
+        print(f"cdra prm score: interrupted; {run.summary() if run else 'nothing scored'}", file=sys.stderr)
+        return 130
+    print(f"cdra prm score: {run.summary()}")
     return 0

@@ -1,8 +1,10 @@
 """Prometheus metrics of the PRM gateway (``GET /metrics``), on a registry of their own per gateway instance.
 
-Counters: HTTP requests by endpoint and status, PRM calls by backend and outcome, retries, steps still failed after
-the retries by failure kind, samples by outcome (ok / dropped / failed / fallback), cache lookups (hit / miss /
-shared in-flight). Histograms: PRM call latency, sample scoring latency, HTTP request latency by endpoint.
+Counters: HTTP requests by endpoint and status (``disconnected`` for a client gone before its body arrived),
+PRM calls by backend and outcome, retries, steps still failed after the retries by failure kind, samples by outcome
+(ok / dropped / failed / fallback), empty responses (scored -1 without a PRM call), cache lookups (hit / miss /
+shared in-flight). Gauges: PRM calls in flight, cache size in bytes. Histograms: PRM call latency, sample scoring
+latency, HTTP request latency by endpoint.
 Labels never carry secrets: backends appear as ``public_url`` (no user info, no query).
 """
 
@@ -32,7 +34,11 @@ class Metrics:
         self.sample_latency = Histogram(
             "cdra_prm_sample_seconds", "Latency of scoring one response", buckets=_LATENCY_BUCKETS, registry=r
         )
+        self.empty_responses = Counter(
+            "cdra_prm_empty_responses", "Responses with no content, scored -1 without a PRM call", registry=r
+        )
         self.cache = Counter("cdra_prm_cache_lookups", "Result cache lookups", ["result"], registry=r)
+        self.cache_bytes = Gauge("cdra_prm_cache_bytes", "Estimated bytes held by the result cache", registry=r)
         self.in_flight = Gauge("cdra_prm_calls_in_flight", "PRM calls in flight", registry=r)
 
     def observe_call(self, backend: str, outcome: str, seconds: float) -> None:

@@ -12,12 +12,15 @@ Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns eac
 
     {"rewards": [R], "scores": [s], "extra_logs": {name: [v], ...}}
 
-- ``rewards``: R_dense = sum of the step scores (paper Sec. 2.3) or their mean (``--reward-aggregation mean``);
-- ``scores``: (mean step score + 1) / 2 in [0, 1], for OpenRLHF's dynamic filtering;
+- ``rewards``: the step scores aggregated by ``--reward-aggregation`` (``cdra_plugin.prm.reward``: by default their
+  length-weighted mean, which splitting a response into more steps cannot inflate; ``sum`` = the paper's R_dense);
+- ``scores``: (step average + 1) / 2 in [0, 1] (the average length-weighted under ``length_mean``), for OpenRLHF's
+  dynamic filtering;
 - ``extra_logs``: the per-step carrier block of ``cdra_plugin.carrier`` (``cdpa_*`` keys, width ``--max-steps``,
   popped by the CDPA experience maker) and, for the training logs, ``prm_num_steps``, ``prm_mean_step_score``,
   ``prm_min_step_score`` (over the scores the sample is rewarded with; for a dropped sample, over its scored steps,
-  0.0 if none) and ``prm_failures`` (failed steps).
+  0.0 if none), ``prm_failures`` (failed steps) and ``prm_empty`` (1.0 for a response with no content, scored -1
+  without a PRM call).
 
 A dropped sample (``--failure-policy drop``) gets reward 0.0, score 0.5 and ``cdpa_failed = 1``.
 """
@@ -25,17 +28,28 @@ A dropped sample (``--failure-policy drop``) gets reward 0.0, score 0.5 and ``cd
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from cdra_plugin.carrier import encode_step_scores
 from cdra_plugin.prm.policy import Outcome
+from cdra_plugin.prm.reward import aggregate, step_average, step_length
 from cdra_plugin.prm.scoring import SampleResult
+
+LOG_KEYS = ("prm_num_steps", "prm_mean_step_score", "prm_min_step_score", "prm_failures", "prm_empty")
+ID_SHOWN = 64  # characters of a client-chosen id echoed in errors and logs
+MAX_LABEL_DEPTH = 16  # nesting allowed inside a label object (DeepPref labels are flat)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BadRequest(ValueError):
     """Invalid input; the message names the field."""
+
+
+class PayloadTooLarge(ValueError):
+    """A request over one of the gateway's size limits; the message names the option that sets it."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,29 @@ class Sample:
     name: str  # how error messages refer to it, e.g. "sample 2 (id 'p17')"
 
 
+def check_text(text: str, where: str) -> str:
+    """``text``, refused when it holds a lone surrogate (valid JSON, but not Unicode that can be sent on)."""
+    if not text.isascii() and _SURROGATE.search(text):
+        raise BadRequest(f"{where} holds a lone surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode")
+    return text
+
+
+def _check_object(value: Any, where: str) -> None:
+    """Strings in ``value`` are valid Unicode and it nests at most ``MAX_LABEL_DEPTH`` levels (it gets hashed)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_LABEL_DEPTH:
+            raise BadRequest(f"{where} nests deeper than {MAX_LABEL_DEPTH} levels")
+        if isinstance(item, str):
+            check_text(item, where)
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
 def _string_list(body: dict, field: str, allow_objects: bool = False) -> list:
     if field not in body:
         raise BadRequest(f"missing field '{field}'")
@@ -58,6 +95,7 @@ def _string_list(body: dict, field: str, allow_objects: bool = False) -> list:
         if not (isinstance(item, str) or (allow_objects and isinstance(item, dict))):
             kind = "a string or an object" if allow_objects else "a string"
             raise BadRequest(f"{field}[{i}] must be {kind}, got {type(item).__name__}")
+        _check_object(item, f"{field}[{i}]")
     return value
 
 
@@ -69,6 +107,9 @@ def parse_label(label: Any, where: str) -> dict:
         except json.JSONDecodeError as exc:
             raise BadRequest(f"{where} is not valid JSON ({exc.msg} at char {exc.pos}); expected the DeepPref "
                              'label {"preference": ..., "question": ...}') from None  # fmt: skip
+        except (ValueError, RecursionError):  # an integer too long to convert, or nesting too deep
+            raise BadRequest(f"{where} is JSON this gateway does not read (too deep or too long a number)") from None
+        _check_object(label, where)
     if not isinstance(label, dict):
         raise BadRequest(f"{where} must be a JSON object with 'preference' and 'question'")
     for key in ("preference", "question"):
@@ -79,8 +120,18 @@ def parse_label(label: Any, where: str) -> dict:
     return label
 
 
+def shorten(value: Any, limit: int = ID_SHOWN) -> str:
+    """A client-chosen string or number for messages, cut to ``limit`` characters (other values: their type)."""
+    if isinstance(value, str):
+        return repr(value[:limit] + "...") if len(value) > limit else repr(value)
+    if isinstance(value, int | float) or value is None:
+        text = repr(value)
+        return text[:limit] + "..." if len(text) > limit else text
+    return f"<{type(value).__name__}>"
+
+
 def _name(i: int, label: dict) -> str:
-    return f"sample {i} (id {label['id']!r})" if "id" in label else f"sample {i}"
+    return f"sample {i} (id {shorten(label['id'])})" if "id" in label else f"sample {i}"
 
 
 def parse_reward_request(body: Any) -> list[Sample]:
@@ -127,6 +178,7 @@ def parse_score_request(body: Any) -> list[Sample]:
         for key in ("preference", "question", "response"):
             if not isinstance(item.get(key), str):
                 raise BadRequest(f"samples[{i}].{key} is {'missing' if key not in item else 'not a string'}")
+            check_text(item[key], f"samples[{i}].{key}")
         label = {"preference": item["preference"], "question": item["question"]}
         samples.append(Sample(item["preference"], item["question"], item["response"], "", label, _name(i, item)))
     return samples
@@ -136,7 +188,7 @@ def parse_cache_only(body: Any) -> bool:
     """The optional ``/score`` flag ``cache_only`` (answer from the cache, never score)."""
     value = body.get("cache_only", False) if isinstance(body, dict) else False
     if not isinstance(value, bool):
-        raise BadRequest(f"field 'cache_only' must be true or false, got {value!r}")
+        raise BadRequest(f"field 'cache_only' must be true or false, got {shorten(value)}")
     return value
 
 
@@ -165,19 +217,18 @@ def summarize(result: SampleResult, outcome: Outcome, aggregation: str, width: i
         prm_mean_step_score=mean,
         prm_min_step_score=min(logged) if logged else 0.0,
         prm_failures=float(outcome.failures),
+        prm_empty=float(result.empty),
     )
     if outcome.step_scores is None:
         return {"reward": 0.0, "score": 0.5, "extra_logs": extra}
-    scores = outcome.step_scores
-    reward = sum(scores) if aggregation == "sum" else statistics.fmean(scores)
-    score01 = min(1.0, max(0.0, (statistics.fmean(scores) + 1.0) / 2.0))
-    return {"reward": float(reward), "score": score01, "extra_logs": extra}
+    scores, lengths = outcome.step_scores, [step_length(s.text) for s in result.steps]
+    score01 = min(1.0, max(0.0, (step_average(scores, lengths, aggregation) + 1.0) / 2.0))
+    return {"reward": aggregate(scores, lengths, aggregation), "score": score01, "extra_logs": extra}
 
 
 def reward_response(summaries: list[dict[str, Any]], width: int) -> dict[str, Any]:
     """Batch response: per-sample lists for rewards, scores and every extra_logs key."""
-    keys = list(encode_step_scores([], width)) + ["prm_num_steps", "prm_mean_step_score", "prm_min_step_score",
-                                                   "prm_failures"]  # fmt: skip
+    keys = [*encode_step_scores([], width), *LOG_KEYS]
     return {
         "rewards": [s["reward"] for s in summaries],
         "scores": [s["score"] for s in summaries],

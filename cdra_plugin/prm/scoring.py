@@ -2,12 +2,18 @@
 
 For a response with steps s^1..s^T (``cdra_plugin.steps.segment_steps``, at most ``max_steps`` of them), step j is
 judged from the Fig. 15 prompt filled with (P, q, tau<=j): steps 1..j-1 as context, step j as the one to judge
-(``cdra_plugin.prompts.prm_prompt``). The T prompts are sent concurrently; each asks for ``k`` critiques (default 1,
-greedy) whose parsed scores (the last ``SCORE:``, clipped to [-1, 1]) are aggregated by mean or median. An output
-without a parsable score is a failed attempt and is retried like a transient fault; with k > 1 the step needs at
-least one parsable critique, the unparsable ones are listed as ``None`` in ``sample_scores``. A step with no
-score after the retries keeps ``score=None`` and its failure kind: what that means for the sample is the caller's
-failure policy (``cdra_plugin.prm.policy``), never a default value here.
+(``cdra_plugin.prompts.prm_prompt``: the policy's text quoted, chat-template tokens neutralised). The T prompts are
+sent concurrently; each asks for ``k`` critiques (default 1, greedy) whose scores (``parse_score``: the final
+line's plain number in [-1, 1], nothing else) are aggregated by mean or median. An output without such a score is
+rejected and retried like a transient fault, at the client's retry temperature (> 0) when sampling is greedy; with
+k > 1 the step needs at least one parsable critique, the unparsable ones are listed as ``None`` in
+``sample_scores``. A step with no score after the retries keeps ``score=None`` and its failure kind: what that means
+for the sample is the caller's failure policy (``cdra_plugin.prm.policy``), never a default value here.
+
+A response with no content (nothing but blanks, end-of-sequence tokens and step markers) is not sent to the PRM:
+each of its steps gets ``EMPTY_SCORE`` = -1.0, the bottom of the Fig. 15 scale, and the result is marked ``empty``
+(counted by the gateway: ``prm_empty`` in extra_logs, ``cdra_prm_empty_responses_total``). Judging it would cost a
+PRM call per step and invite the PRM to be lenient with a non-answer.
 
 Trailing end-of-sequence tokens (OpenRLHF decodes the response with ``skip_special_tokens=False``) are removed
 before segmenting, so the PRM never sees ``<|im_end|>`` as text; this only shortens the last step, so the step
@@ -18,15 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cdra_plugin.llm import LLMCallError, LLMClient
-from cdra_plugin.prompts import DEFAULT_END_TOKENS, PRM_TEMPLATE, fill, parse_score, prm_prompt
+from cdra_plugin.prompts import (
+    DEFAULT_END_TOKENS,
+    PRM_TEMPLATE,
+    SCORE_MIN,
+    fill,
+    final_line,
+    parse_score,
+    prm_prompt,
+    strip_end_tokens,
+)
 from cdra_plugin.steps import segment_steps
 
 TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
+EMPTY_SCORE = SCORE_MIN  # what a response with no content gets, without a PRM call
 
 
 @dataclass
@@ -49,13 +66,20 @@ class StepResult:
 class SampleResult:
     steps: list[StepResult]
     latency_s: float
+    empty: bool = False  # no content: scored EMPTY_SCORE without a PRM call
 
     @property
     def failed_steps(self) -> list[StepResult]:
         return [s for s in self.steps if s.score is None]
 
     def to_json(self) -> dict:
-        return {"num_steps": len(self.steps), "latency_s": self.latency_s, "steps": [asdict(s) for s in self.steps]}
+        steps = [asdict(s) for s in self.steps]
+        return {"num_steps": len(self.steps), "empty": self.empty, "latency_s": self.latency_s, "steps": steps}
+
+    def nbytes(self) -> int:
+        """Approximate memory held by this result (its texts dominate), for the byte-bounded cache."""
+        texts = [t for s in self.steps for t in (s.text, *s.critiques, s.error or "")]
+        return 256 + sum(400 + 16 * len(s.sample_scores) for s in self.steps) + sum(sys.getsizeof(t) for t in texts)
 
 
 def load_template(path: str | Path) -> str:
@@ -68,17 +92,6 @@ def load_template(path: str | Path) -> str:
     if "{current_step}" not in text:
         raise ValueError(f"--template {path}: must contain {{current_step}} (the step to judge)")
     return text
-
-
-def strip_end_tokens(text: str, end_tokens=DEFAULT_END_TOKENS) -> str:
-    """``text`` without trailing end-of-sequence token texts (and the whitespace around them): a prefix of it."""
-    stripped = text
-    while True:
-        trimmed = stripped.rstrip()
-        token = next((t for t in end_tokens if t and trimmed.endswith(t)), None)
-        if token is None:
-            return trimmed if stripped is not text else text
-        stripped = trimmed[: -len(token)]
 
 
 class StepScorer:
@@ -122,6 +135,9 @@ class StepScorer:
     async def score(self, preference: str, question: str, response: str) -> SampleResult:
         started = time.perf_counter()
         triples = self.step_prompts(preference, question, response)
+        if not any(text for _, text, _ in triples):
+            steps = [_empty_step(step) for step, _, _ in triples]
+            return SampleResult(steps, time.perf_counter() - started, empty=True)
         steps = await asyncio.gather(*(self._score_step(step, text, prompt) for step, text, prompt in triples))
         result = SampleResult(list(steps), time.perf_counter() - started)
         if self.metrics is not None:
@@ -134,7 +150,7 @@ class StepScorer:
         started = time.perf_counter()
         base = {"index": step.index, "start": step.start, "end": step.end, "text": text}
         try:
-            completion = await self.client.sample(prompt, n=self.k, check=_needs_a_score)
+            completion = await self.client.sample(prompt, n=self.k, check=needs_a_score)
         except LLMCallError as exc:
             return StepResult(
                 **base, critiques=[], sample_scores=[], score=None, failure=exc.kind, error=str(exc),
@@ -149,7 +165,16 @@ class StepScorer:
         )  # fmt: skip
 
 
-def _needs_a_score(texts: list[str]) -> str | None:
+def _empty_step(step) -> StepResult:
+    return StepResult(step.index, step.start, step.end, "", [], [], EMPTY_SCORE)
+
+
+def needs_a_score(texts: list[str]) -> str | None:
+    """The client's check: None when at least one output has a score (``parse_score``), else why not."""
     if any(parse_score(t) is not None for t in texts):
         return None
-    return "no parsable 'SCORE: <number>' in the PRM output" + ("s" if len(texts) > 1 else "")
+    last = final_line(texts[0]) if texts else ""
+    shown = repr(last[:80] + ("..." if len(last) > 80 else ""))
+    return f"the PRM's final line {shown} is not 'SCORE: <plain number in [-1, 1]>'" + (
+        f" (nor in the other {len(texts) - 1} outputs)" if len(texts) > 1 else ""
+    )

@@ -1,6 +1,6 @@
-"""The Pers-GenPRM gateway: OpenRLHF's remote reward model, scoring each response step by step (paper Sec. 2.3).
+"""The Pers-GenPRM gateway over HTTP: OpenRLHF's remote reward model, scoring each response step by step (Sec. 2.3).
 
-Endpoints (FastAPI; run with ``cdra prm serve``):
+Endpoints (FastAPI; run with ``cdra prm serve``; the logic behind them is ``cdra_plugin.prm.gateway``):
 
 - ``POST /get_reward``: OpenRLHF's remote RM protocol (``cdra_plugin.prm.protocol``), so
   ``--reward.remote_url http://HOST:PORT/get_reward`` works with any OpenRLHF estimator; the step scores reach the
@@ -10,10 +10,22 @@ Endpoints (FastAPI; run with ``cdra prm serve``):
 - ``GET /metrics``: Prometheus text (``cdra_plugin.prm.metrics``).
 
 Unlike OpenRLHF's ``serve_rm`` (one forward pass of a scalar RM per query), a sample here costs one PRM generation
-per step; results are cached by content (``cdra_plugin.prm.cache``) so no pair is scored twice. Bad input gets a
-4xx naming the field (413 past ``--max-body-mb``); with ``--auth-token-env`` every endpoint wants
-``Authorization: Bearer <token>`` (or HTTP basic auth with the token as password, which is what OpenRLHF's client
-sends for ``http://user:TOKEN@host:port/get_reward``).
+per step. What a client can do to the server is bounded:
+
+- bad input gets a 4xx naming the field: invalid JSON, an integer too long to read, nesting too deep, a lone
+  surrogate (400), a body over ``--max-body-mb`` (413), the gateway's own limits (413, ``gateway``);
+- deadlines (``cdra_plugin.prm.limits``): a request's headers must be complete within ``--header-timeout``
+  seconds (counted from the connection's opening, or from the first byte of a later request on a kept-alive
+  connection), else the connection is closed; its body within ``--body-timeout`` seconds of the headers, else 408
+  and the connection is closed. Slow clients (slowloris) cannot hold connections. Headers are limited to 64 KiB;
+  idle kept-alive connections close after 5 s;
+- a client that disconnects before its body arrived is logged in one line, not as an error;
+- no ``/docs``, ``/redoc`` or ``/openapi.json``; with ``--auth-token-env`` every endpoint wants
+  ``Authorization: Bearer <token>`` (or HTTP basic auth with the token as password, which is what OpenRLHF's client
+  sends for ``http://user:TOKEN@host:port/get_reward``).
+
+At startup every backend is probed once; one that does not serve the model is reported in a warning and the gateway
+serves anyway (a replica may still be loading).
 """
 
 from __future__ import annotations
@@ -24,122 +36,32 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
+import sys
 import time
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
-from cdra_plugin.prm.cache import ResultCache, content_key
-from cdra_plugin.prm.metrics import CONTENT_TYPE, Metrics
-from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
+from cdra_plugin.prm import limits
+from cdra_plugin.prm.gateway import Gateway
+from cdra_plugin.prm.metrics import CONTENT_TYPE
+from cdra_plugin.prm.policy import SampleFailed
 from cdra_plugin.prm.protocol import (
     BadRequest,
-    Sample,
+    PayloadTooLarge,
     parse_cache_only,
     parse_reward_request,
     parse_score_request,
-    reward_response,
-    summarize,
 )
-from cdra_plugin.prm.scoring import SampleResult, StepScorer
 
 logger = logging.getLogger("cdra.prm")
 
 
-class PayloadTooLarge(Exception):
+class RequestTimeout(Exception):
     pass
-
-
-class Gateway:
-    """Scoring through the cache, the failure policy, and the protocol's summaries."""
-
-    def __init__(
-        self,
-        scorer: StepScorer,
-        *,
-        policy: FailurePolicy,
-        reward_aggregation: str = "sum",
-        cache_size: int = 16384,
-        metrics: Metrics | None = None,
-    ):
-        if reward_aggregation not in ("sum", "mean"):
-            raise ValueError(f"--reward-aggregation must be sum or mean, got {reward_aggregation!r}")
-        self.scorer = scorer
-        self.policy = policy
-        self.reward_aggregation = reward_aggregation
-        self.metrics = metrics or Metrics()
-        self.cache = ResultCache(cache_size, self.metrics)
-        client = scorer.client
-        self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
-        # Everything a result depends on besides the sample itself.
-        self._identity = {
-            "template": content_key(template=scorer.template),
-            "model": client.model,
-            "format": client.prompt_format,
-            "sampling": client.sampling,
-            "k": scorer.k,
-            "k_aggregation": scorer.k_aggregation,
-            "max_steps": scorer.max_steps,
-            "end_tokens": list(scorer.end_tokens),
-        }
-
-    @property
-    def width(self) -> int:
-        return self.scorer.max_steps
-
-    def _key(self, sample: Sample) -> str:
-        return content_key(prompt=sample.prompt, response=sample.response, label=sample.label, **self._identity)
-
-    async def result(self, sample: Sample) -> SampleResult:
-        async def compute() -> SampleResult:
-            return await self.scorer.score(sample.preference, sample.question, sample.response)
-
-        return await self.cache.get_or_compute(self._key(sample), compute, keep=lambda r: not r.failed_steps)
-
-    async def rewards(self, samples: list[Sample]) -> dict:
-        """The /get_reward answer; raises ``SampleFailed`` under the ``fail`` policy."""
-        results = await asyncio.gather(*(self.result(s) for s in samples))
-        summaries = []
-        for sample, result in zip(samples, results, strict=True):
-            try:
-                outcome = resolve(result, self.policy, sample.name)
-            except SampleFailed:
-                self.metrics.samples.labels("failed").inc()
-                raise
-            self.metrics.samples.labels(outcome.status).inc()
-            summaries.append(summarize(result, outcome, self.reward_aggregation, self.width))
-        return reward_response(summaries, self.width)
-
-    async def details(self, samples: list[Sample], cache_only: bool = False) -> dict:
-        """The /score answer: per-step results plus what the policy makes of each sample (never raises for it).
-
-        ``cache_only`` answers from the cache alone (``{"outcome": "not_cached"}`` where the result is gone): how
-        ``cdra-train``'s critique traces read the critiques behind rewards already given, without scoring again.
-        """
-        if cache_only:
-            cached = [self.cache.peek(self._key(s)) for s in samples]
-            return {
-                "results": [
-                    {"outcome": "not_cached"} if r is None else self.detail(s, r)
-                    for s, r in zip(samples, cached, strict=True)
-                ]
-            }
-        results = await asyncio.gather(*(self.result(s) for s in samples))
-        return {"results": [self.detail(s, r) for s, r in zip(samples, results, strict=True)]}
-
-    def detail(self, sample: Sample, result: SampleResult) -> dict:
-        entry = result.to_json()
-        try:
-            outcome = resolve(result, self.policy, sample.name)
-        except SampleFailed as exc:
-            entry.update(reward=None, score=None, outcome="failed", error=str(exc))
-            return entry
-        summary = summarize(result, outcome, self.reward_aggregation, self.width)
-        if outcome.step_scores is None:  # dropped: no reward (the protocol's placeholders are for /get_reward only)
-            summary.update(reward=None, score=None)
-        entry.update(reward=summary["reward"], score=summary["score"], outcome=outcome.status)
-        entry["failures"] = outcome.failures
-        return entry
 
 
 def _authorized(header: str | None, token: str) -> bool:
@@ -157,7 +79,7 @@ def _authorized(header: str | None, token: str) -> bool:
     return False
 
 
-async def _read_json(request: Request, limit: int):
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -165,29 +87,58 @@ async def _read_json(request: Request, limit: int):
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} (--max-body-mb)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes (--max-body-mb)")
+
+    async def collect() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes (--max-body-mb)")
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s (--body-timeout)") from None
+    return bytes(body)
+
+
+def parse_json(body: bytes):
+    """The JSON value of a request body; ``BadRequest`` saying what is wrong (never a traceback)."""
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
+    except ValueError:  # an integer longer than the interpreter converts
+        digits = sys.get_int_max_str_digits()
+        raise BadRequest(f"the request body holds an integer of more than {digits} digits") from None
 
 
-def create_app(gateway: Gateway, *, auth_token: str | None = None, max_body_bytes: int = 16 << 20) -> FastAPI:
+def create_app(
+    gateway: Gateway,
+    *,
+    auth_token: str | None = None,
+    max_body_bytes: int = int(limits.DEFAULT_MAX_BODY_MB * (1 << 20)),
+    body_timeout: float = limits.DEFAULT_BODY_TIMEOUT_S,
+    probe_backends: bool = True,
+) -> FastAPI:
     """The FastAPI app serving ``gateway`` (see module docstring)."""
     metrics = gateway.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if probe_backends:
+            await _probe_backends(gateway)
         yield
         await gateway.scorer.client.aclose()
 
-    app = FastAPI(title="cdra Pers-GenPRM gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="cdra Pers-GenPRM gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     async def handle(endpoint: str, request: Request, work) -> Response:
         started = time.perf_counter()
+        status = None
         try:
             if auth_token is not None and not _authorized(request.headers.get("authorization"), auth_token):
                 response = JSONResponse(
@@ -199,20 +150,28 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, max_body_byte
             response = JSONResponse({"detail": str(exc)}, 400)
         except PayloadTooLarge as exc:
             response = JSONResponse({"detail": str(exc)}, 413)
+        except RequestTimeout as exc:
+            response = JSONResponse({"detail": str(exc)}, 408, {"Connection": "close"})
+        except ClientDisconnect:
+            logger.info("%s: the client disconnected before its request body arrived", endpoint)
+            response, status = Response(status_code=400), "disconnected"
         except SampleFailed as exc:
             logger.warning("%s", exc)
             response = JSONResponse({"detail": str(exc)}, 502)
         except Exception as exc:  # a bug: answer and keep serving
             logger.exception("%s failed", endpoint)
             response = JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.requests.labels(endpoint, status or str(response.status_code)).inc()
         metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
+
+    async def read_json(request: Request):
+        return parse_json(await _read_body(request, max_body_bytes, body_timeout))
 
     @app.post("/get_reward")
     async def get_reward(request: Request) -> Response:
         async def work():
-            samples = parse_reward_request(await _read_json(request, max_body_bytes))
+            samples = parse_reward_request(await read_json(request))
             return JSONResponse(await gateway.rewards(samples))
 
         return await handle("get_reward", request, work)
@@ -220,7 +179,7 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, max_body_byte
     @app.post("/score")
     async def score(request: Request) -> Response:
         async def work():
-            body = await _read_json(request, max_body_bytes)
+            body = await read_json(request)
             samples = parse_score_request(body)
             return JSONResponse(await gateway.details(samples, cache_only=parse_cache_only(body)))
 
@@ -229,17 +188,8 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, max_body_byte
     @app.get("/health")
     async def health(request: Request) -> Response:
         async def work():
-            backends = await gateway.scorer.client.health()
-            ok = sum(b["ok"] for b in backends)
-            status = "ok" if ok == len(backends) else ("degraded" if ok else "down")
-            body = {
-                "status": status,
-                "model": gateway.scorer.client.model,
-                "failure_policy": str(gateway.policy),
-                "max_steps": gateway.width,
-                "backends": backends,
-            }
-            return JSONResponse(body, 200 if ok else 503)
+            body = await gateway.health()
+            return JSONResponse(body, 503 if body["status"] == "down" else 200)
 
         return await handle("health", request, work)
 
@@ -251,3 +201,81 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, max_body_byte
         return await handle("metrics", request, work)
 
     return app
+
+
+async def _probe_backends(gateway: Gateway) -> None:
+    for backend in (await gateway.health())["backends"]:
+        if not backend["ok"]:
+            logger.warning(
+                "backend %s is not usable now (%s); serving anyway, calls to it fail and are retried elsewhere "
+                "until it answers (GET /health shows its state)", backend["backend"], backend.get("error"),
+            )  # fmt: skip
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ``OSError`` with a one-line reason (e.g. the port is in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port/--host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app, sock: socket.socket, *, header_timeout: float, log_level: str = "info", access_log: bool = False):
+    """Run ``app`` on the bound ``sock`` until SIGINT/SIGTERM, with the header deadline and size limits."""
+    config = uvicorn.Config(
+        app,
+        http=_h11_with_header_deadline(header_timeout),
+        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
+        timeout_keep_alive=limits.KEEP_ALIVE_S,
+        log_level=log_level,
+        access_log=access_log,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _h11_with_header_deadline(seconds: float):
+    """uvicorn's h11 protocol that closes a connection whose request headers are incomplete after ``seconds``.
+
+    uvicorn has a keep-alive timeout but no deadline for a request's headers: a client that opens a connection and
+    sends a byte now and then (slowloris) holds it, and a file descriptor, forever. h11 (not httptools) because it
+    also bounds the header size (``h11_max_incomplete_event_size``).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the headers are complete: the body deadline is the app's
+                self._cancel()
+            elif self._deadline is None:  # the next request on a kept-alive connection has begun
+                self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def connection_lost(self, exc) -> None:
+            self._cancel()
+            super().connection_lost(exc)
+
+        def _cancel(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineH11

@@ -1,6 +1,7 @@
 # Shared body of the SFT recipes (train_prm_sft.sh, train_policy_rft.sh): sourced after the recipe has set
-# RECIPE, DATA_NAME and its own defaults for DATA, SAVE_PATH, EPOCHS, BATCH_SIZE and LR. Launches
-# `deepspeed --module openrlhf.cli.train_sft` on chat-format input/output rows from `cdra data prepare`.
+# RECIPE, DATA_NAME and its own defaults for DATA, SAVE_PATH, EPOCHS, BATCH_SIZE and LR. Checks every value, then
+# the launcher and the GPUs (not with DRY_RUN=1), and launches `deepspeed --module openrlhf.cli.train_sft` on
+# chat-format input/output rows from `cdra data prepare`.
 
 # --- data (from `cdra data prepare`)
 EVAL_DATA=${EVAL_DATA:-}
@@ -33,35 +34,47 @@ TENSORBOARD_DIR=${TENSORBOARD_DIR:-$SAVE_PATH/tensorboard}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 DRY_RUN=${DRY_RUN:-0}
 
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
-}
-
-check_data() {  # FILE VAR: a non-empty JSONL file whose first row has the input and output keys
-  local file=$1 var=$2
-  [[ -n $file ]] || die "$var is empty: set it to the $DATA_NAME written by 'cdra data prepare'"
-  [[ -f $file ]] || die "$var=$file not found: run 'cdra data prepare --input <DeepPref files> --output $(dirname "$file")' first, or set $var=/path/to/$DATA_NAME"
-  [[ -s $file ]] || die "$var=$file is empty: no training example (check stats.json next to it)"
-  local first
-  first=$(head -n 1 "$file")
-  [[ $first == *"\"$INPUT_KEY\":"* ]] || die "$var=$file: first row has no \"$INPUT_KEY\" key (INPUT_KEY); is it a $DATA_NAME from 'cdra data prepare'?"
-  [[ $first == *"\"$OUTPUT_KEY\":"* ]] || die "$var=$file: first row has no \"$OUTPUT_KEY\" key (OUTPUT_KEY); is it a $DATA_NAME from 'cdra data prepare'?"
-}
+# shellcheck source=checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 check_inputs() {
-  check_data "$DATA" DATA
-  [[ -z $EVAL_DATA ]] || check_data "$EVAL_DATA" EVAL_DATA
-  if [[ $MODEL == /* || $MODEL == .* ]]; then
-    [[ -f $MODEL/config.json ]] || die "MODEL=$MODEL is a path without config.json: point MODEL at a Hugging Face checkpoint directory"
-  fi
+  need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
+  check_jsonl DATA "$(prepare_hint DATA "$DATA_NAME")" INPUT_KEY OUTPUT_KEY
+  [[ -z $EVAL_DATA ]] || check_jsonl EVAL_DATA "set it to held-out rows in the DATA format, or leave it empty" \
+    INPUT_KEY OUTPUT_KEY
+  check_model MODEL "point MODEL at a Hugging Face checkpoint folder or a hub id such as Qwen/Qwen2.5-7B-Instruct"
+  [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoint"
+  need_int EPOCHS 1
+  need_int BATCH_SIZE 1
+  need_int MICRO_BATCH_SIZE 1
+  ((BATCH_SIZE % MICRO_BATCH_SIZE == 0)) ||
+    die "BATCH_SIZE=$BATCH_SIZE is not a multiple of MICRO_BATCH_SIZE=$MICRO_BATCH_SIZE"
+  need_number LR "x > 0" "> 0 (a learning rate such as 5e-6)"
+  need_number WARMUP_RATIO "x <= 1" "in [0, 1]"
+  need_int MAX_LEN 1
+  need_int MAX_SAMPLES 1
+  need_int SAVE_STEPS -1
+  need_int SEED 0
+  need_int ZERO_STAGE 0 3
+  need_choice PARAM_DTYPE bf16 fp16
+  [[ $ATTN_IMPL =~ ^[A-Za-z0-9_./-]+$ ]] || die "ATTN_IMPL=$ATTN_IMPL: expected an attention implementation such as flash_attention_2 or sdpa"
+  need_choice PACKING 0 1
+  [[ -z $NUM_GPUS ]] || need_int NUM_GPUS 1
   [[ -z $HOSTFILE || -f $HOSTFILE ]] || die "HOSTFILE=$HOSTFILE not found"
-  [[ $PACKING == 0 || $PACKING == 1 ]] || die "PACKING must be 0 or 1, got '$PACKING'"
+  need_int LOGGING_STEPS 1
 }
 
 check_launcher() {
-  command -v deepspeed >/dev/null || die "'deepspeed' is not on PATH: activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
+  command -v deepspeed >/dev/null || die "'deepspeed' is not on PATH: activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
   python -c 'import openrlhf.cli' 2>/dev/null || die "python cannot import openrlhf: activate the environment that has openrlhf==0.11.2"
+  if [[ -n $HOSTFILE ]]; then
+    note "HOSTFILE is set: the GPUs of its hosts are not checked from here"
+  elif [[ -n $NUM_GPUS ]]; then
+    check_gpus "$NUM_GPUS" "NUM_GPUS=$NUM_GPUS"
+  else
+    check_gpus 1 "deepspeed uses every local GPU; NUM_GPUS sets how many"
+  fi
 }
 
 check_inputs
@@ -118,6 +131,7 @@ CMD=(deepspeed "${LAUNCH_ARGS[@]}" --module openrlhf.cli.train_sft
   "${EXTRA[@]}")
 
 if [[ $DRY_RUN == 1 ]]; then
+  note "DRY_RUN=1: every value and input checked; deepspeed, openrlhf and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo
   exit 0

@@ -1,0 +1,146 @@
+"""``cdra-train``: OpenRLHF's ``train_ppo_ray`` with the CDPA advantage estimator (paper Section 2.4).
+
+    cdra-train --algo.advantage.estimator cdpa --cdpa.mode token_position \\
+        --reward.remote_url http://127.0.0.1:5000/get_reward --rollout.n_samples_per_prompt 5 ...  # + any host option
+    cdra-train --help                  # the --cdpa.* options at once, then OpenRLHF's (the host takes a while to load)
+    python -m cdra_plugin.train --help
+
+Every host option is OpenRLHF's own, parsed and validated by OpenRLHF's own code. The host builds its parser under
+``if __name__ == "__main__":`` (no function to call), so this command runs that very module as ``__main__``
+(``runpy``) after three steps of its own:
+
+1. ``--cdpa.*`` options are parsed here into a ``CDPAConfig`` (``cdra_plugin.openrlhf.config``) and removed from
+   what the host sees; they are refused without ``--algo.advantage.estimator cdpa``, where they would do nothing;
+2. ``--algo.advantage.estimator cdpa`` is shown to the host's parser as ``group_norm``, the host estimator with the
+   same requirements (groups of ``n_samples_per_prompt >= 2``, no critic), so the host validates everything else;
+3. for the length of the run, the trainer classes ``train()`` imports at call time are launchers of the CDPA
+   variants (``cdra_plugin.openrlhf.trainer``); when ``train()`` starts the trainer they put ``cdpa`` back as the
+   estimator and attach the config as ``args.cdpa``.
+
+The trainer attributes are restored when the run ends; importing ``cdra_plugin`` changes nothing in OpenRLHF. This
+module imports OpenRLHF only inside ``run``, after printing its own help.
+"""
+
+import argparse
+import contextlib
+import runpy
+import sys
+
+from cdra_plugin.openrlhf.config import PREFIX, CDPAConfig
+
+ESTIMATOR_OPTION = "--algo.advantage.estimator"
+HOST_STAND_IN = "group_norm"
+HOST_MODULE = "openrlhf.cli.train_ppo_ray"
+
+
+def build_cdpa_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdra-train",
+        add_help=False,
+        allow_abbrev=False,  # a prefix of a --cdpa.* option is not that option
+        description="OpenRLHF train_ppo_ray plus `--algo.advantage.estimator cdpa` (CDRA). CDPA options below; "
+        "all other options are OpenRLHF's (listed after them).",
+    )
+    CDPAConfig.add_arguments(parser)
+    return parser
+
+
+def split_argv(argv: list[str]) -> tuple[CDPAConfig, list[str], bool]:
+    """``(CDPA config, argv for the host, whether the estimator is cdpa)``; errors name the option."""
+    parser = build_cdpa_parser()
+    known, host_argv = parser.parse_known_args(argv)
+    unknown = [t.split("=")[0] for t in host_argv if t.startswith(PREFIX)]
+    if unknown:
+        parser.error(f"unknown option {unknown[0]}; the CDPA options are {', '.join(CDPAConfig.option_names())}")
+    try:
+        config = CDPAConfig.from_namespace(known)
+    except ValueError as e:
+        parser.error(str(e))
+    is_cdpa = False
+    for i, token in enumerate(host_argv):
+        if token == ESTIMATOR_OPTION and i + 1 < len(host_argv) and host_argv[i + 1] == "cdpa":
+            host_argv[i + 1], is_cdpa = HOST_STAND_IN, True
+        elif token == f"{ESTIMATOR_OPTION}=cdpa":
+            host_argv[i], is_cdpa = f"{ESTIMATOR_OPTION}={HOST_STAND_IN}", True
+    given = [t.split("=")[0] for t in argv if t.startswith(PREFIX)]
+    if given and not is_cdpa:
+        parser.error(f"{given[0]} applies only with {ESTIMATOR_OPTION} cdpa (it would change nothing here)")
+    if is_cdpa and _option_value(host_argv, "--rollout.n_samples_per_prompt", "1") in ("0", "1"):
+        parser.error(f"{ESTIMATOR_OPTION} cdpa normalises within groups: set --rollout.n_samples_per_prompt >= 2")
+    if is_cdpa and not any(t.split("=")[0] in ("--reward.remote_url", "--train.agent_func_path") for t in host_argv):
+        parser.error(
+            f"{ESTIMATOR_OPTION} cdpa needs per-step PRM scores: set --reward.remote_url to the "
+            "`cdra prm serve` gateway (http://HOST:PORT/get_reward)"
+        )
+    return config, host_argv, is_cdpa
+
+
+def _option_value(argv: list[str], option: str, default: str) -> str:
+    value = default
+    for i, token in enumerate(argv):
+        if token == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(option + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+class CDPATrainerLauncher:
+    """Stands where ``train()`` looks up its trainer class: sets ``args.cdpa`` and the estimator, then starts it."""
+
+    def __init__(self, actor_class, config: CDPAConfig, is_cdpa: bool):
+        self.actor_class = actor_class
+        self.config = config
+        self.is_cdpa = is_cdpa
+
+    def remote(self, pretrain, strategy, *args, **kwargs):
+        strategy.args.cdpa = self.config
+        if self.is_cdpa:
+            strategy.args.algo.advantage.estimator = "cdpa"
+        return self.actor_class.remote(pretrain, strategy, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _handed_to_host(module, name: str, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _run_host(argv: list[str]) -> None:
+    saved_argv = sys.argv
+    sys.argv = ["cdra-train", *argv]
+    try:
+        runpy.run_module(HOST_MODULE, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = saved_argv
+
+
+def run(argv: list[str]) -> None:
+    if "-h" in argv or "--help" in argv:
+        build_cdpa_parser().print_help()
+        print(f"\nOpenRLHF train_ppo_ray options ({ESTIMATOR_OPTION}: the host's choices, plus cdpa):\n", flush=True)
+        _run_host(["--help"])  # the host's parser prints its options and exits
+        return
+    config, host_argv, is_cdpa = split_argv(argv)
+
+    from cdra_plugin.openrlhf import require_host_version
+
+    require_host_version()
+    import openrlhf.trainer.ppo_trainer as sync_module
+    import openrlhf.trainer.ppo_trainer_async as async_module
+
+    from cdra_plugin.openrlhf.trainer import CDPAPPOTrainer, CDPAPPOTrainerAsync
+
+    with (
+        _handed_to_host(sync_module, "PPOTrainer", CDPATrainerLauncher(CDPAPPOTrainer, config, is_cdpa)),
+        _handed_to_host(async_module, "PPOTrainerAsync", CDPATrainerLauncher(CDPAPPOTrainerAsync, config, is_cdpa)),
+    ):
+        _run_host(host_argv)
+
+
+def main() -> None:
+    run(sys.argv[1:])

@@ -1,0 +1,123 @@
+"""recipes/eval.sh: input checks, the dry run's commands for train_cdpa.sh's checkpoint folder, and a real run with
+the scripted server standing in for `vllm serve` and a scripted judge: every checkpoint reported, the best named."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdra_plugin.testing import ScriptedLLM
+from cdra_plugin.testing.judge import scripted_judge
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "eval.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_recipe(tmp_path, timeout=120, **env):
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(["bash", str(RECIPE)], env=full, capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path)  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """train_cdpa.sh's SAVE_PATH (two --ckpt.save_hf checkpoints and the final model) and an eval file."""
+    save = tmp_path / "policy-cdpa"
+    for folder in (save, save / "ckpt" / "global_step10_hf", save / "ckpt" / "global_step5_hf"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (save / "ckpt" / "_actor").mkdir()  # DeepSpeed states: not a checkpoint to serve
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"id": f"T/{i}", "topic": f"T{i % 2}", "preference": f"I avoid noise {i}.",
+                                        "question": f"Where to go {i}?"}) + "\n" for i in range(4)))  # fmt: skip
+    env = {"CHECKPOINT": str(save), "DATA": str(data), "JUDGE_URL": "http://127.0.0.1:9/v1", "JUDGE_MODEL": "judge",
+           "OUT_DIR": str(tmp_path / "out")}  # fmt: skip
+    return save, env
+
+
+def test_dry_run_lists_checkpoints_in_step_order(tmp_path, setup):
+    save, env = setup
+    out = run_recipe(tmp_path, DRY_RUN="1", **env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3 * 3 + 1
+    serve = [line for line in lines if " serve " in line]
+    assert [line.split(" serve ")[1].split()[0] for line in serve] == [
+        str(save / "ckpt" / "global_step5_hf"), str(save / "ckpt" / "global_step10_hf"), str(save)]  # fmt: skip
+    assert all(line.startswith("CUDA_VISIBLE_DEVICES=0 vllm serve ") for line in serve)
+    assert "--served-model-name global_step5 " in serve[0] and "--served-model-name final " in serve[2]
+    assert lines[1].startswith("cdra eval generate ") and "--model global_step5 " in lines[1]
+    assert (
+        lines[2].startswith("cdra eval judge ") and f"--output {tmp_path}/out/global_step5/judgments.jsonl" in lines[2]
+    )
+    assert lines[-1].startswith("cdra eval report --runs global_step5=") and "--select-by acc_da" in lines[-1]
+    hub = run_recipe(tmp_path, DRY_RUN="1", **{**env, "CHECKPOINT": "Qwen/Qwen2.5-7B-Instruct", "MODE": "cot"})
+    assert (
+        hub.returncode == 0 and "serve Qwen/Qwen2.5-7B-Instruct --served-model-name Qwen2.5-7B-Instruct" in hub.stdout
+    )
+    assert "--mode cot" in hub.stdout
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"CHECKPOINT": ""}, "CHECKPOINT is empty"),
+        ({"CHECKPOINT": "checkpoints/none"}, "CHECKPOINT=checkpoints/none not found"),
+        ({"DATA": "missing.jsonl"}, "DATA=missing.jsonl not found: run 'cdra data prepare"),
+        ({"JUDGE_URL": ""}, "JUDGE_URL=: expected the judge's OpenAI-compatible base URL"),
+        ({"JUDGE_MODEL": ""}, "JUDGE_MODEL is empty"),
+        ({"JUDGE_API_KEY_ENV": "CDRA_TEST_UNSET_KEY"}, "names an unset or empty variable"),
+        ({"SELECT_BY": "accuracy"}, "SELECT_BY=accuracy: expected acc_pf"),
+        ({"MODE": "few-shot"}, "MODE=few-shot needs SHOTS="),
+        ({"N_SAMPLES": "4"}, "N_SAMPLES=4 with TEMPERATURE=0 samples identical responses"),
+        ({"BASELINES": "sft"}, "BASELINES: 'sft' is not NAME="),
+        ({"GPUS": "0;1"}, "GPUS=0;1"),
+    ],
+)
+def test_inputs_are_checked_first(tmp_path, setup, change, message):
+    _, env = setup
+    out = run_recipe(tmp_path, DRY_RUN="1", **{**env, **change})
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_checkpoint_folder_without_checkpoints_is_refused(tmp_path, setup):
+    _, env = setup
+    (tmp_path / "empty").mkdir()
+    out = run_recipe(tmp_path, DRY_RUN="1", **{**env, "CHECKPOINT": str(tmp_path / "empty")})
+    assert out.returncode == 2 and "has neither config.json nor ckpt/*_hf checkpoints" in out.stderr
+
+
+def test_recipe_serves_generates_judges_reports_and_names_the_best(tmp_path, setup):
+    save, env = setup
+    for step in ("global_step10_hf",):  # two checkpoints keep the test short: global_step5 and the final model
+        for f in (save / "ckpt" / step).iterdir():
+            f.unlink()
+        (save / "ckpt" / step).rmdir()
+    with ScriptedLLM(scripted_judge(), model="judge") as judge:
+        stand_ins = {"VLLM": f"{sys.executable} -m cdra_plugin.testing", "VLLM_EXTRA_ARGS": "--role policy",
+                     "CDRA": f"{sys.executable} -m cdra_plugin.cli", "PYTHON": sys.executable}  # fmt: skip
+        settings = {"JUDGE_URL": judge.base_url, "VLLM_PORT": str(free_port()), "N_SAMPLES": "2", "TEMPERATURE": "1",
+                    "BOOTSTRAP": "0"}  # fmt: skip
+        out = run_recipe(tmp_path, **{**env, **stand_ins, **settings})
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert list(report["runs"]) == ["global_step5", "final"]
+    assert all(run["n"]["acc_da"] == 8 for run in report["runs"].values())
+    scores = {name: run["acc_da"] for name, run in report["runs"].items()}
+    best = max(scores, key=scores.get)  # the first on ties, as the recipe
+    expected = save / "ckpt" / "global_step5_hf" if best == "global_step5" else save
+    assert (tmp_path / "out" / "best_checkpoint.txt").read_text().strip() == str(expected)
+    assert f"best checkpoint by acc_da: {expected} (acc_da={scores[best]})" in out.stdout
+    assert (tmp_path / "out" / "report" / "radar.png").stat().st_size > 1000
+    responses = (tmp_path / "out" / "final" / "responses.jsonl").read_text().splitlines()
+    assert {json.loads(line)["model"] for line in responses} == {"final"}  # served under the checkpoint's name
