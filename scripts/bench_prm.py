@@ -90,19 +90,19 @@ def start_gateway(backend_url: str, concurrency: int) -> tuple[subprocess.Popen,
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,
            "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning",
-           "--cache-size", "0"]  # fmt: skip
+           "--cache-mb", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the gateway did not become healthy within 120 s")
+    raise RuntimeError(f"the gateway did not become healthy (exit status {proc.poll()}); its errors are above")
 
 
 def serial(backend_url: str, triples, scorer) -> float:

@@ -240,7 +240,7 @@ class Deployment:
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backends, "--model", MODEL,
              "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning",
-             "--cache-size", "0", *gateway_args],
+             "--cache-mb", "0", *gateway_args],
             env=env, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
