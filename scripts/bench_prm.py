@@ -11,12 +11,17 @@ once, the rest queued) runs in its own process on loopback; so does the real gat
   ``2C`` (calls queue in the server, so a slot never waits for the gateway to send the next call);
 - bound: requests x latency / C, the best any client can do against this server.
 
+The gateway's CPU time (user + system of its process, psutil) over the timed runs, divided by the PRM calls, is
+``cpu_ms_per_call``: what one gateway process costs per call, so 1000 / cpu_ms_per_call is about the most calls/s
+it can drive on one core. The gateway runs with its result cache off and ``--repeats`` times per setting; the
+median is reported.
+
 Prompt tokens per response are counted on the exact prompts the gateway sends (Fig. 15 per step, approximate
 tokens = words + punctuation marks), with the part a warm prefix cache (vLLM ``--enable-prefix-caching``) would
 not hold: every prompt starts with the same instructions, and the step-j prompt repeats step j-1's prompt up to
 its previous steps.
 
-    python scripts/bench_prm.py                         # 256 responses x 5 steps, latency 0.2 s, C = 64 (about 1 min)
+    python scripts/bench_prm.py                         # 256 responses x 5 steps, latency 0.2 s, C = 64 (about 90 s)
     python scripts/bench_prm.py --serial-responses 256  # time the serial approach in full (about 5 min)
 
 Output: a table, then one JSON line with the key figures (the last line).
@@ -29,6 +34,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -83,19 +89,20 @@ def start_gateway(backend_url: str, concurrency: int) -> tuple[subprocess.Popen,
 
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,
-           "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning"]  # fmt: skip
+           "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning",
+           "--cache-mb", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the gateway did not become healthy within 120 s")
+    raise RuntimeError(f"the gateway did not become healthy (exit status {proc.poll()}); its errors are above")
 
 
 def serial(backend_url: str, triples, scorer) -> float:
@@ -115,8 +122,16 @@ def serial(backend_url: str, triples, scorer) -> float:
     return time.perf_counter() - started
 
 
-async def through_gateway(url: str, triples) -> tuple[float, list[float]]:
-    """All responses at once, one /get_reward request each. Returns (seconds, rewards)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def through_gateway(url: str, triples, pid: int) -> tuple[float, float, list[float]]:
+    """All responses at once, one /get_reward request each. Returns (seconds, gateway CPU seconds, rewards)."""
     import aiohttp
 
     def body(pref, question, response):
@@ -131,9 +146,9 @@ async def through_gateway(url: str, triples) -> tuple[float, list[float]]:
                 return (await response.json())["rewards"][0]
 
         await post(body("warm-up", "warm-up", "Step 1: warm up the connection pool"))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds(pid)
         rewards = await asyncio.gather(*(post(body(*t)) for t in triples))
-        return time.perf_counter() - started, rewards
+        return time.perf_counter() - started, cpu_seconds(pid) - cpu_started, rewards
 
 
 def token_counts(triples, scorer) -> dict[str, float]:
@@ -159,6 +174,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="simulated seconds per PRM request")
     parser.add_argument("--concurrency", type=int, default=64, help="C: requests the backend generates at once")
     parser.add_argument("--serial-responses", type=int, default=32, help="responses the serial run times")
+    parser.add_argument("--repeats", type=int, default=3, help="gateway runs per setting (the median is reported)")
     parser.add_argument("--_backend", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._backend:
@@ -173,15 +189,18 @@ def main() -> int:
     calls = args.responses * args.steps
     backend, backend_url = start_backend(args.latency, args.concurrency)
     try:
-        gateway_s = {}
+        gateway_s, gateway_cpu_s = {}, {}
         for concurrency in (args.concurrency, 2 * args.concurrency):
             gateway, url = start_gateway(backend_url, concurrency)
-            try:
-                gateway_s[concurrency], rewards = asyncio.run(through_gateway(url, triples))
+            try:  # the median of the repeats, each on the same gateway (its cache is keyed by content: off here)
+                runs = [asyncio.run(through_gateway(url, triples, gateway.pid)) for _ in range(args.repeats)]
             finally:
                 gateway.terminate()
                 gateway.wait(timeout=30)
-            assert rewards == [0.5] * args.responses, "unexpected rewards from the gateway"  # every step 0.5
+            for _, _, rewards in runs:
+                assert rewards == [0.5] * args.responses, "unexpected rewards from the gateway"  # every step 0.5
+            gateway_s[concurrency] = statistics.median(r[0] for r in runs)
+            gateway_cpu_s[concurrency] = statistics.median(r[1] for r in runs)
         n_serial = min(args.serial_responses, args.responses)
         serial_measured = serial(backend_url, triples[:n_serial], scorer)
     finally:
@@ -194,18 +213,20 @@ def main() -> int:
     scaled = "" if n_serial == args.responses else f" (timed on {n_serial}, scaled)"
     c = args.concurrency
     rows = [
-        ("serial per-step (reference)" + scaled, serial_s),
-        (f"gateway --concurrency {c} (= C)", gateway_s[c]),
-        (f"gateway --concurrency {2 * c} (2C: server queue never empty)", gateway_s[2 * c]),
-        ("bound: calls x latency / C", bound_s),
+        ("serial per-step (reference)" + scaled, serial_s, None),
+        (f"gateway --concurrency {c} (= C)", gateway_s[c], gateway_cpu_s[c]),
+        (f"gateway --concurrency {2 * c} (2C: server queue never empty)", gateway_s[2 * c], gateway_cpu_s[2 * c]),
+        ("bound: calls x latency / C", bound_s, None),
     ]
     print(f"{args.responses} responses x {args.steps} steps = {calls} PRM calls, latency {args.latency} s, "
-          f"backend concurrency C = {c}\n")  # fmt: skip
-    print(f"| {'approach':<58} | {'wall s':>8} | {'calls/s':>8} | {'vs serial':>9} | {'vs bound':>8} |")
-    print(f"|{'-' * 60}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
-    for name, seconds in rows:
+          f"backend concurrency C = {c}; gateway figures: median of {args.repeats} run(s)\n")  # fmt: skip
+    print(f"| {'approach':<58} | {'wall s':>8} | {'calls/s':>8} | {'vs serial':>9} | {'vs bound':>8} | "
+          f"{'gateway CPU ms/call':>19} |")  # fmt: skip
+    print(f"|{'-' * 60}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 10}|{'-' * 21}|")
+    for name, seconds, cpu in rows:
+        cpu_ms = "" if cpu is None else f"{cpu / calls * 1000:.3f}"
         print(f"| {name:<58} | {seconds:8.2f} | {calls / seconds:8.1f} | {serial_s / seconds:8.1f}x | "
-              f"{bound_s / seconds:8.1%} |")  # fmt: skip
+              f"{bound_s / seconds:8.1%} | {cpu_ms:>19} |")  # fmt: skip
     print(f"\nprompt tokens sent per response: {tokens['sent']:.0f} (approx.; same prompts in both approaches), "
           f"not in a warm prefix cache: {tokens['new']:.0f}")  # fmt: skip
     figures = {
@@ -214,6 +235,8 @@ def main() -> int:
         "bound_s": round(bound_s, 3), "speedup_vs_serial": round(serial_s / gateway_s[c], 2),
         "efficiency_vs_bound": round(bound_s / gateway_s[c], 4),
         "efficiency_vs_bound_gateway_2c": round(bound_s / gateway_s[2 * c], 4),
+        "cpu_ms_per_call": round(gateway_cpu_s[c] / calls * 1000, 3),
+        "cpu_ms_per_call_2c": round(gateway_cpu_s[2 * c] / calls * 1000, 3),
         "prompt_tokens_per_response": round(tokens["sent"]),
         "uncached_prompt_tokens_per_response": round(tokens["new"]),
     }  # fmt: skip

@@ -1,18 +1,37 @@
-"""LLMClient against the scripted server: concurrency cap, formats, retries, non-retried errors, the API key, usage."""
+"""LLMClient against the scripted server: concurrency cap, formats, retries, non-retried errors, the API key, usage;
+against a hostile server: every transport or protocol fault is a counted failure kind, within the call's deadline.
+
+Scheduling (priority, affinity) and the circuit breaker are in tests/test_llm_dispatch.py.
+"""
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from cdra_plugin.llm import LLMCallError, LLMClient, normalize_base_url
+from cdra_plugin.prm.metrics import Metrics
 from cdra_plugin.testing import Fault, ScriptedLLM, score_text
+from cdra_plugin.testing.hostile import HostileLLM, Raw, completion_json
 
 FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def sample_once(client, prompt="p", **kwargs):
+    """One ``sample`` call in a fresh event loop, closing the client afterwards."""
+
+    async def go():
+        try:
+            return await client.sample(prompt, **kwargs)
+        finally:
+            await client.aclose()
+
+    return run(go())
 
 
 async def _sample_many(client, prompts, n=1):
@@ -62,7 +81,7 @@ def test_failures_after_retries_raise_with_their_kind(faults, kind, attempts):
         client = LLMClient([llm.base_url], "scripted-prm", **FAST)
         check = lambda texts: None if "SCORE" in texts[0] else "no score"  # noqa: E731
         with pytest.raises(LLMCallError) as err:
-            run(client.sample("p", check=check))
+            sample_once(client, check=check)
         assert len(llm.requests) == attempts
     assert err.value.kind == kind and err.value.attempts == attempts
 
@@ -73,7 +92,7 @@ def test_connection_errors_are_retried_then_reported():
     llm.stop()
     client = LLMClient([url], "scripted-prm", **FAST)
     with pytest.raises(LLMCallError) as err:
-        run(client.sample("p"))
+        sample_once(client)
     assert err.value.kind == "connection" and err.value.attempts == 3
 
 
@@ -84,8 +103,8 @@ def test_api_key_is_sent_as_bearer_and_redacted_from_errors(monkeypatch):
         llm.enqueue(Fault.http(400, message=f"invalid key {secret}"))
         client = LLMClient([llm.base_url], "scripted-prm", api_key=secret, **FAST)
         with pytest.raises(LLMCallError) as err:
-            run(client.sample("p"))
-        run(LLMClient([llm.base_url], "scripted-prm", **FAST).sample("p"))  # no key given
+            sample_once(client)
+        sample_once(LLMClient([llm.base_url], "scripted-prm", **FAST))  # no key given
         assert [r.headers["authorization"] for r in llm.requests] == [f"Bearer {secret}", "Bearer EMPTY"]
     assert secret not in str(err.value) and "invalid key ***" in str(err.value)
 
@@ -101,7 +120,7 @@ def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():
     with ScriptedLLM() as llm:
         llm.enqueue("no score", score_text(0.4))
         client = LLMClient([llm.base_url], "scripted-prm", temperature=0.0, retry_temperature=0.9, **FAST)
-        completion = run(client.sample("p", check=lambda texts: None if "SCORE" in texts[0] else "no score"))
+        completion = sample_once(client, check=lambda texts: None if "SCORE" in texts[0] else "no score")
     assert [r.body["temperature"] for r in llm.requests] == [0.0, 0.9]
     assert completion.attempts == 2
 
@@ -109,7 +128,67 @@ def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():
 def test_per_call_sampling_overrides_and_token_usage():
     with ScriptedLLM() as llm:
         client = LLMClient([llm.base_url], "scripted-prm", temperature=0.0, max_tokens=64, **FAST)
-        completion = run(client.sample("three word prompt", temperature=1.0, seed=7))
+        completion = sample_once(client, "three word prompt", temperature=1.0, seed=7)
     [request] = llm.requests
     assert request.body["temperature"] == 1.0 and request.body["seed"] == 7 and request.body["max_tokens"] == 64
     assert completion.usage.prompt_tokens == 3 and completion.usage.completion_tokens > 0
+
+
+GOOD = completion_json(score_text(0.5))
+
+
+@pytest.mark.parametrize(
+    "behaviour, kind",
+    [
+        (Raw.body(GOOD[:25]), "bad_response"),  # a 200 whose JSON is cut short
+        (Raw.body(b"<html>502 Bad Gateway</html>"), "bad_response"),  # not JSON
+        (Raw.body(b"\xff\xfe{}"), "bad_response"),  # not UTF-8
+        (Raw.body(b'{"choices": [{"message": {"content": 5}}]}'), "bad_response"),  # wrong types
+        (Raw.body(b'{"choices": {"0": "x"}}'), "bad_response"),
+        (Raw.body(b"[1, 2]"), "bad_response"),
+        (Raw.body(b"null"), "bad_response"),
+        (Raw.body(b'{"error": "gone"}', status=503), "server_error"),
+        (Raw.cut(GOOD), "connection"),  # the connection closes halfway through the body
+        (Raw.close(), "connection"),  # no answer at all
+        (Raw.garbage(), "connection"),  # not HTTP
+    ],
+)
+def test_every_fault_of_a_backend_is_a_counted_failure_of_a_named_kind(behaviour, kind):
+    metrics = Metrics()
+    with HostileLLM(behaviour) as llm:
+        client = LLMClient([llm.base_url], "m", metrics=metrics, **FAST)
+        with pytest.raises(LLMCallError) as err:
+            sample_once(client)
+        assert llm.requests == 3
+    assert err.value.kind == kind and err.value.attempts == 3
+    labels = {"backend": client.backends[0].label, "outcome": kind}
+    assert metrics.registry.get_sample_value("cdra_prm_calls_total", labels) == 3
+
+
+def test_a_retry_after_a_cut_short_answer_succeeds():
+    with HostileLLM(Raw.body(GOOD[:40]), Raw.body(GOOD)) as llm:
+        completion = sample_once(LLMClient([llm.base_url], "m", **FAST))
+    assert completion.texts == [score_text(0.5)] and completion.attempts == 2
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_call_not_for_each_read():
+    # 0.1 s between bytes never trips a per-read timeout of 0.5 s; the body takes far longer than the deadline.
+    assert len(GOOD) * 0.1 > 8
+    with HostileLLM(Raw.trickle(GOOD, interval=0.1)) as llm:
+        client = LLMClient([llm.base_url], "m", **{**FAST, "retries": 0})
+        started = time.perf_counter()
+        with pytest.raises(LLMCallError) as err:
+            sample_once(client)
+        elapsed = time.perf_counter() - started
+    assert err.value.kind == "timeout" and "0.5 s deadline" in str(err.value)
+    assert elapsed < 1.5
+
+
+def test_error_bodies_are_reported_without_the_api_key():
+    secret = "sk-never-in-errors-77"
+    body = json.dumps({"error": {"message": f"bad request for key {secret}"}}).encode()
+    with HostileLLM(Raw.body(body, status=400)) as llm:
+        with pytest.raises(LLMCallError) as err:
+            sample_once(LLMClient([llm.base_url], "m", api_key=secret, **FAST))
+    assert err.value.kind == "client_error" and "bad request for key ***" in str(err.value)
+    assert secret not in str(err.value)
