@@ -24,7 +24,7 @@ setup(
         "torch",
         "numpy",
         "datasets",
-        "openai>=1.40",
+        "aiohttp",
         "httpx",
         "fastapi",
         "uvicorn",
@@ -33,7 +33,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "tokenizers", "ruff"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "tokenizers", "ruff", "openai>=1.40"],
         # cdra_plugin.trl (GRPOTrainer + the gateway + CDPA); the release verified beside openrlhf 0.11.2's stack
         "trl": ["trl==1.16.0"],
     },

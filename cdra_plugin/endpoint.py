@@ -15,8 +15,8 @@ and the types, defaults, help texts and checks of the client options (``OPTIONS`
 
 An ``own`` option is spelt after the endpoint's URL option (``--generator-temperature``), for a command with two
 endpoints; the others keep their plain name (``--timeout``) and are shared by the command's endpoints. The API key
-comes from the environment variable that ``--api-key-env`` names and never appears in an error. ``openai`` is
-imported only when a client is built, so ``--help`` stays instant.
+comes from the environment variable that ``--api-key-env`` names and never appears in an error. The client's
+module (``aiohttp``) is imported only when a client is built, so ``--help`` stays instant.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     entry points   cli, demo, train (the `cdra` and `cdra-train` commands)
     host adapters  openrlhf/, trl/           the only code that imports OpenRLHF or TRL
     services       prm/, data/, build/, eval/, traces/
-    core           steps, detok, align, advantage, carrier, prompts, llm, endpoint, jsonl, pool, testing/
+    core           steps, detok, align, advantage, carrier, prompts, llm, dispatch, endpoint, jsonl, pool, testing/
 
 A module may import its own layer's modules and those below; the README's "Architecture" section draws the same.
 """

@@ -192,3 +192,21 @@ def test_error_bodies_are_reported_without_the_api_key():
             sample_once(LLMClient([llm.base_url], "m", api_key=secret, **FAST))
     assert err.value.kind == "client_error" and "bad request for key ***" in str(err.value)
     assert secret not in str(err.value)
+
+
+def test_the_scripted_server_speaks_openais_api_to_the_real_openai_client():
+    """The test double is held to the reference client, so what LLMClient is tested against is OpenAI's API."""
+    import openai
+
+    with ScriptedLLM(lambda request: score_text(0.5)) as llm:
+        reference = openai.OpenAI(base_url=llm.base_url, api_key="EMPTY", max_retries=0)
+        chat = reference.chat.completions.create(
+            model="scripted-prm", messages=[{"role": "user", "content": "two words"}], n=2, temperature=1.0
+        )
+        text = reference.completions.create(model="scripted-prm", prompt="three words here", max_tokens=8)
+        models = reference.models.list()
+        ours = run(LLMClient([llm.base_url], "scripted-prm", **FAST).sample("two words", n=2, temperature=1.0))
+    assert [c.message.content for c in chat.choices] == ours.texts == [score_text(0.5)] * 2
+    assert chat.usage.prompt_tokens == ours.usage.prompt_tokens == 2
+    assert text.choices[0].text == score_text(0.5) and [m.id for m in models.data] == ["scripted-prm"]
+    assert llm.requests[0].body["messages"] == llm.requests[2].body["messages"]  # the same request on the wire

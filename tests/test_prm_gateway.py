@@ -255,9 +255,15 @@ def test_health_and_load_balancing_over_two_backends():
         with serving([a.base_url, b.url]) as (url, _):  # the second without /v1: it is added
             health = httpx.get(url + "/health")
             assert health.status_code == 200 and health.json()["status"] == "ok"
-            response = "\n".join(f"Step {i}: s{i}" for i in range(1, 5))
-            assert post(url, "/get_reward", reward_body(response)).status_code == 200
-            assert len(a.requests) == 2 and len(b.requests) == 2
+            for r in range(20):  # one response at a time, as OpenRLHF sends them: no replica is ever overloaded
+                response = "\n".join(f"Step {i}: r{r} s{i}" for i in range(1, 5))
+                assert post(url, "/get_reward", reward_body(response)).status_code == 200
+            # prefix-cache affinity: the 4 steps of a response (one prompt prefix) go to one replica; responses
+            # spread over both (all 20 on one has odds of 2^-19)
+            where = {r: {x for x, llm in (("a", a), ("b", b)) for q in llm.requests if f"r{r} s1" in q.prompt}
+                     for r in range(20)}  # fmt: skip
+            assert all(len(w) == 1 for w in where.values()) and {"a", "b"} == set().union(*where.values())
+            assert len(a.requests) + len(b.requests) == 80 and len(a.requests) % 4 == 0
             b.healthy = False
             health = httpx.get(url + "/health").json()
             assert health["status"] == "degraded" and "503" in health["backends"][1]["error"]
@@ -285,3 +291,16 @@ def test_score_cache_only_never_scores_and_health_reports_the_policy(prm):
         assert bad.status_code == 400 and "cache_only" in bad.text
         health = httpx.get(url + "/health", timeout=10).json()
         assert health["failure_policy"] == "drop" and health["max_steps"] == 4
+
+
+def test_a_dead_backend_leaves_rotation_and_metrics_and_health_say_so(unused_port):
+    dead = f"http://127.0.0.1:{unused_port}/v1"
+    with ScriptedLLM(prm_step_judge()) as alive, serving([alive.base_url, dead], "--retries", "3") as (url, _):
+        responses = ["\n".join(f"Step {i}: r{r} s{i}" for i in range(1, 4)) for r in range(12)]
+        out = post(url, "/get_reward", reward_body(*responses))
+        assert out.status_code == 200 and out.json()["rewards"] == pytest.approx([0.5] * 12)  # all served by `alive`
+        metrics = httpx.get(url + "/metrics").text
+        assert f'cdra_prm_backend_open{{backend="{dead}"}} 1.0' in metrics
+        assert f'cdra_prm_backend_open{{backend="{alive.base_url}"}} 0.0' in metrics
+        states = {b["backend"]: b["state"] for b in httpx.get(url + "/health").json()["backends"]}
+        assert states == {alive.base_url: "closed", dead: "open"}

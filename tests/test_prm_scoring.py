@@ -50,7 +50,14 @@ def test_template_files_are_checked_and_used(tmp_path):
             ["prm", "serve", "--backend", llm.base_url, "--model", "scripted-prm", "--template", str(good)]
         )
         gateway = build_gateway(args)
-        result = asyncio.run(gateway.scorer.score("likes {braces}", "q?", "Step 1: a\nStep 2: b"))
+
+        async def score():
+            try:
+                return await gateway.scorer.score("likes {braces}", "q?", "Step 1: a\nStep 2: b")
+            finally:
+                await gateway.scorer.client.aclose()
+
+        result = asyncio.run(score())
     assert [s.score for s in result.steps] == [0.5, 0.5]
     prompts = sorted(r.prompt for r in llm.requests)
     assert prompts == ["P=likes {braces} Q=q?\nCTX:\n(none)\nNOW: > Step 1: a",

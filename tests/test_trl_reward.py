@@ -94,15 +94,6 @@ def test_misuse_gets_a_clear_error(tiny_tokenizer, unused_port):
         call(reward, tiny_tokenizer, ANSWERS[:1])
 
 
-@pytest.fixture
-def unused_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_only_cdra_plugin_trl_imports_trl():
     package = Path(__file__).resolve().parents[1] / "cdra_plugin"
     importing = {

@@ -168,8 +168,6 @@ def run_build(args) -> int:
     from cdra_plugin.data.schema import RecordError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "openai"):  # one INFO line per call otherwise
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         stats = asyncio.run(_build(args))
     except (RecordError, BuildError, ValueError) as exc:

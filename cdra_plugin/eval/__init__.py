@@ -12,5 +12,5 @@ bootstrap intervals, paired differences, the radar chart and the error chart. ``
     judge("out/eval/r.jsonl", "out/eval/j.jsonl", backend="http://127.0.0.1:8002/v1", model="judge")
     report({"policy": "out/eval/j.jsonl"}, "out/eval/report")
 
-The package imports nothing at load time, so ``cdra --help`` stays instant (the client pulls in ``openai``).
+The package imports nothing at load time, so ``cdra --help`` stays instant (the client pulls in ``aiohttp``).
 """

@@ -22,7 +22,7 @@ from cdra_plugin.prm import limits
 from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
 from cdra_plugin.prompts import DEFAULT_END_TOKENS
 
-# The serving stack (openai, fastapi, uvicorn) is imported when a command runs, so `--help` is instant.
+# The serving stack (aiohttp, fastapi, uvicorn) is imported when a command runs, so `--help` is instant.
 
 logger = logging.getLogger("cdra.prm")
 HOST_TIMEOUT_S = 180  # OpenRLHF's aiohttp timeout for one remote RM request
@@ -171,8 +171,6 @@ def _log_setup(args: argparse.Namespace, gateway) -> None:
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "httpx2", "openai"):  # one INFO line per PRM call otherwise
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_serve(args: argparse.Namespace) -> int:

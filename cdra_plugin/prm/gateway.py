@@ -51,6 +51,8 @@ class Gateway:
         client = scorer.client
         self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
         self.metrics.cache_bytes.set_function(lambda: self.cache.nbytes)
+        for backend in client.backends:  # breaker state per backend: 0 closed, 1 open or half-open (probing)
+            self.metrics.backend_open.labels(backend.label).set_function(lambda b=backend: float(b.state != "closed"))
         # Everything a result depends on besides the sample itself.
         self._identity = {
             "template": content_key(template=scorer.template),

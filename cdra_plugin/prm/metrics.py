@@ -3,7 +3,8 @@
 Counters: HTTP requests by endpoint and status (``disconnected`` for a client gone before its body arrived),
 PRM calls by backend and outcome, retries, steps still failed after the retries by failure kind, samples by outcome
 (ok / dropped / failed / fallback), empty responses (scored -1 without a PRM call), cache lookups (hit / miss /
-shared in-flight). Gauges: PRM calls in flight, cache size in bytes. Histograms: PRM call latency, sample scoring
+shared in-flight). Gauges: PRM calls in flight, cache size in bytes, each
+backend's circuit breaker (1 while it is out of rotation). Histograms: PRM call latency, sample scoring
 latency, HTTP request latency by endpoint.
 Labels never carry secrets: backends appear as ``public_url`` (no user info, no query).
 """
@@ -40,6 +41,12 @@ class Metrics:
         self.cache = Counter("cdra_prm_cache_lookups", "Result cache lookups", ["result"], registry=r)
         self.cache_bytes = Gauge("cdra_prm_cache_bytes", "Estimated bytes held by the result cache", registry=r)
         self.in_flight = Gauge("cdra_prm_calls_in_flight", "PRM calls in flight", registry=r)
+        self.backend_open = Gauge(
+            "cdra_prm_backend_open",
+            "1 while a backend's circuit breaker keeps it out of rotation",
+            ["backend"],
+            registry=r,
+        )
 
     def observe_call(self, backend: str, outcome: str, seconds: float) -> None:
         self.calls.labels(backend, outcome).inc()

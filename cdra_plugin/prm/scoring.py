@@ -23,6 +23,7 @@ count agrees with a trainer that segments the undecoded text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
 import sys
 import time
@@ -138,7 +139,11 @@ class StepScorer:
         if not any(text for _, text, _ in triples):
             steps = [_empty_step(step) for step, _, _ in triples]
             return SampleResult(steps, time.perf_counter() - started, empty=True)
-        steps = await asyncio.gather(*(self._score_step(step, text, prompt) for step, text, prompt in triples))
+        # The steps share their prompt's prefix (P, q, earlier steps): one replica's prefix cache serves them all when
+        # it is not overloaded. The arrival time keeps responses first come first served, retries included.
+        key = hashlib.blake2b("\0".join((preference, question, response)).encode(), digest_size=8).hexdigest()
+        order = {"affinity": key, "priority": time.monotonic()}
+        steps = await asyncio.gather(*(self._score_step(step, text, prompt, order) for step, text, prompt in triples))
         result = SampleResult(list(steps), time.perf_counter() - started)
         if self.metrics is not None:
             self.metrics.sample_latency.observe(result.latency_s)
@@ -146,11 +151,11 @@ class StepScorer:
                 self.metrics.step_failures.labels(step.failure).inc()
         return result
 
-    async def _score_step(self, step, text: str, prompt: str) -> StepResult:
+    async def _score_step(self, step, text: str, prompt: str, order: dict) -> StepResult:
         started = time.perf_counter()
         base = {"index": step.index, "start": step.start, "end": step.end, "text": text}
         try:
-            completion = await self.client.sample(prompt, n=self.k, check=needs_a_score)
+            completion = await self.client.sample(prompt, n=self.k, check=needs_a_score, **order)
         except LLMCallError as exc:
             return StepResult(
                 **base, critiques=[], sample_scores=[], score=None, failure=exc.kind, error=str(exc),

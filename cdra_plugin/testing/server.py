@@ -2,7 +2,8 @@
 
 It answers ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` on 127.0.0.1 (an ephemeral
 port, served by uvicorn from a background thread), with outputs the test chooses, and records every request. Real
-clients (the ``openai`` package, the PRM gateway, the council) talk to it over HTTP like to vLLM.
+clients (the project's ``LLMClient`` behind the gateway, the judge and the builder; the ``openai`` package in a
+conformance test) talk to it over HTTP as to vLLM.
 
     from cdra_plugin.testing import Fault, ScriptedLLM, score_text
 
