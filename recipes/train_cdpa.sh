@@ -60,19 +60,19 @@ AUTH_TOKEN_ENV=${AUTH_TOKEN_ENV:-}  # name of the env var holding the gateway's 
 RECIPE=${RECIPE:-$(basename "$0")}
 # shellcheck source=lib/checks.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
+# shellcheck source=lib/gateway.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gateway.sh"
 
 check_inputs() {
   need_choice DRY_RUN 0 1
   need_choice GPU_CHECK 0 1
-  need_choice SKIP_HEALTH_CHECK 0 1
-  [[ -z $REWARD_AGGREGATION ]] || need_choice REWARD_AGGREGATION length_mean mean sum
   check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
   [[ -z $EVAL_PROMPTS ]] || check_jsonl EVAL_PROMPTS "set it to an eval.jsonl from 'cdra data prepare', or leave it empty" \
     INPUT_KEY LABEL_KEY
   need_int PROMPT_MAX_LEN 1
   need_int GENERATE_MAX_LEN 1
   check_model POLICY "train it with recipes/train_policy_rft.sh or point POLICY at a checkpoint folder or hub id"
-  [[ $REWARD_URL =~ ^https?://[^/]+/get_reward$ ]] || die "REWARD_URL=$REWARD_URL must be the gateway's http://HOST:PORT/get_reward"
+  check_gateway_values
   [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoints"
   need_choice ESTIMATOR cdpa group_norm dr_grpo rloo reinforce_baseline reinforce
   need_choice CDPA_MODE token_position group_steps process outcome
@@ -92,57 +92,6 @@ check_inputs() {
     die "VLLM_TP=$VLLM_TP does not divide the NNODES x GPUS_PER_NODE = $((NNODES * GPUS_PER_NODE)) GPUs"
   [[ $RAY_ADDRESS =~ ^https?://[^/]+$ ]] || die "RAY_ADDRESS=$RAY_ADDRESS: expected the Ray dashboard's http://HOST:PORT"
   need_int SAVE_STEPS -1
-  need_env_var_name AUTH_TOKEN_ENV
-}
-
-check_gateway() {  # GET /health: every PRM backend up, a failure policy this estimator honours, the aggregation
-  if [[ $SKIP_HEALTH_CHECK == 1 ]]; then
-    note "SKIP_HEALTH_CHECK=1: the PRM gateway at $REWARD_URL is not checked"
-    return 0
-  fi
-  local status=0 answer
-  answer=$("$PYTHON" - "${REWARD_URL%/get_reward}/health" "$ESTIMATOR" "${AUTH_TOKEN_ENV:-}" "$REWARD_AGGREGATION" <<'PY'
-
-import json, os, sys, urllib.error, urllib.request
-url, estimator, token_env, aggregation = sys.argv[1:]
-def fail(reason, status=1):  # 3: nothing answered; 1: it answered, but cannot serve this run
-    print(reason)
-    sys.exit(status)
-request = urllib.request.Request(url)
-if token_env:
-    request.add_header("Authorization", "Bearer " + os.environ[token_env])
-try:
-    with urllib.request.urlopen(request, timeout=10) as r:
-        health = json.load(r)
-except urllib.error.HTTPError as e:  # it answered: 503 when its backends are down, 401 without the token
-    try:
-        health = json.load(e)
-    except ValueError:
-        fail(f"GET {url}: HTTP {e.code}")
-except Exception as e:
-    fail(f"GET {url}: {getattr(e, 'reason', e)}; start it with recipes/serve_prm.sh, or set REWARD_URL", 3)
-policy = health.get("failure_policy")
-if health.get("status") != "ok":
-    fail(f"status {health.get('status')}, backends {health.get('backends')}; check its PRM backends (its log)")
-if estimator != "cdpa" and policy == "drop":
-    fail("it runs --failure-policy drop, which only cdra-train honours (OpenRLHF's " + estimator
-         + " would normalise the dropped samples' 0.0 into the advantages): restart it with FAILURE_POLICY=fail")
-served = health.get("reward_aggregation")
-if aggregation and served != aggregation:
-    why = " (R_dense = the sum of the step scores, the paper's GRPO (with PRM) reward)" if aggregation == "sum" else ""
-    instead = f", or set REWARD_AGGREGATION={served} to train on its reward" if served else ""
-    fail(f"its reward aggregation is {served or 'not reported'}, not REWARD_AGGREGATION={aggregation}{why}: "
-         f"restart it with REWARD_AGGREGATION={aggregation} bash recipes/serve_prm.sh{instead}")
-print(f"ok, model {health.get('model')}, failure policy {policy}, reward aggregation {served}")
-PY
-  ) || status=$?
-  if ((status == 0)); then
-    note "PRM gateway at $REWARD_URL: $answer"
-  elif ((status == 3)) && [[ $DRY_RUN == 1 ]]; then
-    note "warning: no PRM gateway answers at $REWARD_URL ($answer): DRY_RUN=1 goes on"
-  else
-    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' failed}"
-  fi
 }
 
 check_ray_gpus() {  # the GPUs this run is told to use: NNODES x GPUS_PER_NODE
@@ -249,7 +198,11 @@ CMD=(ray job submit --address "$RAY_ADDRESS" --
   "${ENTRY[@]}" "${DATA_ARGS[@]}" "${MODEL_ARGS[@]}" "${ALGO_ARGS[@]}" "${RESOURCE_ARGS[@]}" "${LOG_ARGS[@]}"
   "${EXTRA[@]}")
 
-check_gateway
+if [[ $ESTIMATOR == cdpa ]]; then
+  check_gateway
+else  # a plain OpenRLHF estimator takes the protocol's 0.0 for a dropped sample
+  check_gateway "only cdra-train honours (OpenRLHF's $ESTIMATOR would normalise the dropped samples' 0.0 into the advantages)"
+fi
 if [[ $DRY_RUN == 1 ]]; then
   note "DRY_RUN=1: every value and input checked, and the gateway (above); ray, the Ray cluster and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"

@@ -6,15 +6,24 @@
 # the RFT policy (Qwen2.5-7B-Instruct); generation by vLLM colocated on the training GPUs, DeepSpeed ZeRO-3 from TRL's
 # own accelerate configs. KL to the reference policy as a loss (beta = 1e-3: the paper does not give beta) and the
 # loss summed over tokens and divided by a constant (TRL's dr_grpo), as J_CDPA is. Needs `pip install
-# cdra-plugin[trl]` and the gateway (`recipes/serve_prm.sh`); it checks its inputs and the gateway before launching.
+# cdra-plugin[trl]` and the gateway (`recipes/serve_prm.sh`). Before launching it checks every value, the prompts, the
+# policy checkpoint, the gateway's GET /health and that torch sees GPUS_PER_NODE GPUs; DRY_RUN=1 all but `accelerate`
+# and the GPUs (GPU_CHECK=0 skips the GPU check of a real run).
 #
 #   bash recipes/serve_prm.sh &                                # Pers-GenPRM behind vLLM + the step-wise gateway
 #   bash recipes/train_cdpa_trl.sh
-#   DRY_RUN=1 bash recipes/train_cdpa_trl.sh                   # check inputs, print the command, launch nothing
+#   DRY_RUN=1 bash recipes/train_cdpa_trl.sh                   # check, print the command, launch nothing
 #   CDPA_MODE=process GPUS_PER_NODE=4 bash recipes/train_cdpa_trl.sh
+#   REWARD_AGGREGATION=sum bash recipes/serve_prm.sh &         # the gateway the GRPO baseline needs (R_dense)
 #   ESTIMATOR=grpo bash recipes/train_cdpa_trl.sh              # the GRPO baseline: TRL's own advantages on R_dense
 #
-# Every value below is an environment variable with a default; EXTRA_ARGS is appended (any GRPOConfig option).
+# ESTIMATOR=grpo trains on the gateway's scalar reward, the paper's R_dense = sum of the step scores: as in
+# train_grpo_baseline.sh, the gateway must report `reward_aggregation` sum unless REWARD_AGGREGATION names another.
+# A sample the gateway dropped (FAILURE_POLICY=drop) is left out for both estimators: the entry point scores through
+# cdra_plugin.trl.reward.GatewayReward, which gives it None, and TRL (GRPOTrainer and CDPAGRPOTrainer alike) leaves
+# it out of its group with zero advantage, never the protocol's placeholder 0.0; so, unlike OpenRLHF's GRPO baseline,
+# ESTIMATOR=grpo may use a `drop` gateway. Every value below is an environment variable with a default; EXTRA_ARGS is
+# appended (any GRPOConfig option).
 set -euo pipefail
 
 # --- data (from `cdra data prepare`)
@@ -38,6 +47,9 @@ MAX_STEPS=${MAX_STEPS:-400}
 PROMPTS_PER_STEP=${PROMPTS_PER_STEP:-32}
 KL_COEF=${KL_COEF:-1e-3}
 LR=${LR:-1e-6}
+# the gateway reward_aggregation required: empty = any (CDPA reads the step scores); ESTIMATOR=grpo: sum (R_dense)
+REWARD_AGGREGATION=${REWARD_AGGREGATION:-}
+[[ $ESTIMATOR != grpo || -n $REWARD_AGGREGATION ]] || REWARD_AGGREGATION=sum
 
 # --- resources (one node; vLLM colocated with training)
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -50,54 +62,53 @@ DRY_RUN=${DRY_RUN:-0}
 SKIP_HEALTH_CHECK=${SKIP_HEALTH_CHECK:-0}
 
 RECIPE=${RECIPE:-$(basename "$0")}
-die() {
-  echo "$RECIPE: error: $*" >&2
-  exit 2
-}
+# shellcheck source=lib/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
+# shellcheck source=lib/gateway.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/gateway.sh"
 
 check_inputs() {
-  [[ -f $PROMPTS ]] || die "PROMPTS=$PROMPTS not found: run 'cdra data prepare --input <DeepPref files> --output $(dirname "$PROMPTS")' (or --prefeval) first"
-  local first
-  first=$(head -n 1 "$PROMPTS")
-  [[ $first == *"\"$INPUT_KEY\":"* && $first == *"\"$LABEL_KEY\":"* ]] ||
-    die "PROMPTS=$PROMPTS: first row lacks \"$INPUT_KEY\"/\"$LABEL_KEY\" (INPUT_KEY/LABEL_KEY); use rl_prompts.jsonl from 'cdra data prepare'"
-  if [[ $POLICY == /* || $POLICY == .* || -e $POLICY ]]; then
-    [[ -f $POLICY/config.json ]] || die "POLICY=$POLICY has no config.json: train it with recipes/train_policy_rft.sh or point POLICY at a checkpoint"
-  fi
-  [[ $ESTIMATOR == cdpa || $ESTIMATOR == grpo ]] || die "ESTIMATOR=$ESTIMATOR: cdpa or grpo"
-  [[ $N_SAMPLES -ge 2 ]] || die "N_SAMPLES=$N_SAMPLES: group advantages need at least 2 responses per prompt"
+  need_choice DRY_RUN 0 1
+  need_choice GPU_CHECK 0 1
+  check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
+  need_int GENERATE_MAX_LEN 1
+  check_model POLICY "train it with recipes/train_policy_rft.sh or point POLICY at a checkpoint folder or hub id"
+  check_gateway_values
+  [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoints"
+  need_choice ESTIMATOR cdpa grpo
+  need_choice CDPA_MODE token_position group_steps process outcome
+  need_int N_SAMPLES 1
+  ((N_SAMPLES >= 2)) || die "N_SAMPLES=$N_SAMPLES: group advantages need at least 2 responses per prompt"
+  need_number TEMPERATURE "x > 0" "> 0 (TRL divides the logits by it; the paper's is 1.0)"
+  need_int MAX_STEPS 1
+  need_int PROMPTS_PER_STEP 1
+  need_number KL_COEF "x >= 0" ">= 0"
+  need_number LR "x > 0" "> 0 (a learning rate such as 1e-6)"
+  need_int GPUS_PER_NODE 1
+  need_int MICRO_BATCH 1
   (((PROMPTS_PER_STEP * N_SAMPLES) % (GPUS_PER_NODE * MICRO_BATCH) == 0)) ||
-    die "PROMPTS_PER_STEP*N_SAMPLES=$((PROMPTS_PER_STEP * N_SAMPLES)) must be a multiple of GPUS_PER_NODE*MICRO_BATCH=$((GPUS_PER_NODE * MICRO_BATCH))"
-  [[ $REWARD_URL == http*://*/get_reward ]] || die "REWARD_URL=$REWARD_URL must be the gateway's http://HOST:PORT/get_reward"
-  python3 -c "import trl, cdra_plugin.trl" 2>/dev/null ||
-    die "TRL is not importable: pip install 'cdra-plugin[trl]' (scripts/setup_env.sh installs it)"
+    die "PROMPTS_PER_STEP x N_SAMPLES = $((PROMPTS_PER_STEP * N_SAMPLES)) must be a multiple of GPUS_PER_NODE x MICRO_BATCH = $((GPUS_PER_NODE * MICRO_BATCH)): change PROMPTS_PER_STEP or MICRO_BATCH"
+  need_number VLLM_MEMORY "x > 0 && x <= 1" "in (0, 1] (the share of each GPU's memory vLLM takes)"
+  need_int SAVE_STEPS 1
+  local prompts
+  prompts=$(grep -c . "$PROMPTS")
+  ((prompts >= PROMPTS_PER_STEP)) || # TRL's sampler drops an incomplete batch of prompts: no step at all
+    die "PROMPTS=$PROMPTS has $prompts prompt(s), fewer than PROMPTS_PER_STEP=$PROMPTS_PER_STEP: set PROMPTS_PER_STEP=$prompts or lower (or use more prompts)"
+  "$PYTHON" -c "import trl, cdra_plugin.trl" 2>/dev/null ||
+    die "TRL is not importable by '$PYTHON': pip install 'cdra-plugin[trl]' (scripts/setup_env.sh installs it)"
 }
 
-check_gateway() { # GET /health: every PRM backend up
-  [[ $SKIP_HEALTH_CHECK == 1 ]] && return 0
-  python3 - "${REWARD_URL%/get_reward}/health" "${AUTH_TOKEN_ENV:-}" <<'PY' ||
-import json, os, sys, urllib.request
-url, token_env = sys.argv[1:]
-request = urllib.request.Request(url)
-if token_env:
-    request.add_header("Authorization", "Bearer " + os.environ[token_env])
-try:
-    with urllib.request.urlopen(request, timeout=10) as r:
-        health = json.load(r)
-except Exception as e:
-    sys.exit(f"GET {url}: {e}")
-print("gateway:", health.get("status"), "model", health.get("model"), "failure policy", health.get("failure_policy"))
-if health.get("status") != "ok":
-    sys.exit(f"gateway status {health.get('status')}: {health.get('backends')}")
-PY
-    die "the PRM gateway at $REWARD_URL is not usable (above): start it with recipes/serve_prm.sh, or set REWARD_URL"
-}
-
-accelerate_config() { # a path as given, or TRL's shipped config of that name
+accelerate_config() { # a file as given, or TRL's shipped config of that name
   if [[ -f $ACCELERATE_CONFIG ]]; then
     echo "$ACCELERATE_CONFIG"
+  elif looks_local "$ACCELERATE_CONFIG" || [[ $ACCELERATE_CONFIG == *.yaml ]]; then
+    die "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: no such file; point it at an accelerate config file or name one of TRL's (zero2, zero3, multi_gpu, ...)"
   else
-    python3 -c "import sys, importlib.resources as r; p = r.files('trl.accelerate_configs') / (sys.argv[1] + '.yaml'); print(p) if p.is_file() else sys.exit(1)" "$ACCELERATE_CONFIG" ||
+    "$PYTHON" - "$ACCELERATE_CONFIG" <<'PY' ||
+import sys, importlib.resources as r
+path = r.files("trl.accelerate_configs") / (sys.argv[1] + ".yaml")
+print(path) if path.is_file() else sys.exit(1)
+PY
       die "ACCELERATE_CONFIG=$ACCELERATE_CONFIG is neither a file nor one of TRL's accelerate_configs (zero2, zero3, multi_gpu, ...)"
   fi
 }
@@ -151,12 +162,14 @@ read -r -a EXTRA <<<"$EXTRA_ARGS"
 CMD=(accelerate launch "${LAUNCH_ARGS[@]}" -m cdra_plugin.trl.train
   "${DATA_ARGS[@]}" "${MODEL_ARGS[@]}" "${ALGO_ARGS[@]}" "${GENERATION_ARGS[@]}" "${LOG_ARGS[@]}" "${EXTRA[@]}")
 
+check_gateway  # no NO_DROP: GatewayReward masks a dropped sample for both estimators (above)
 if [[ $DRY_RUN == 1 ]]; then
+  note "DRY_RUN=1: every value and input checked, TRL importable, and the gateway (above); accelerate and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo
   exit 0
 fi
-check_gateway
-command -v accelerate >/dev/null || die "'accelerate' is not on PATH: activate the environment (source ~/.venvs/cdra-plugin/bin/activate)"
+command -v accelerate >/dev/null || die "'accelerate' is not on PATH: activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
+check_gpus "$GPUS_PER_NODE" "GPUS_PER_NODE=$GPUS_PER_NODE"
 mkdir -p "$SAVE_PATH"
 exec "${CMD[@]}"

@@ -1,7 +1,8 @@
 """Every training and serving recipe checks, before it launches anything, that torch sees the GPUs it was told to
-use, and says so in one line. On a machine without a usable GPU (this suite's CI) each must stop there; the five
+use, and says so in one line. On a machine without a usable GPU (this suite's CI) each must stop there; the
 recipes run at once, since each spends its time importing torch."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -43,6 +44,8 @@ def test_every_recipe_stops_without_the_gpus_it_was_told_to_use(tmp_path):
         "eval": ("eval.sh", {**judge, "CHECKPOINT": "org/policy", "GPUS": "0,1", "OUT_DIR": str(tmp_path / "eval")},
                  "needs 2 CUDA GPU(s) (GPUS=0,1): torch "),
     }  # fmt: skip
+    if importlib.util.find_spec("trl") is not None:  # the TRL recipe checks for TRL first (an optional extra)
+        cases["rl, TRL"] = ("train_cdpa_trl.sh", rl, "needs 8 CUDA GPU(s) (GPUS_PER_NODE=8): torch ")
     base = {**os.environ, "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     procs = {
         name: subprocess.Popen(
@@ -65,3 +68,4 @@ def test_every_recipe_stops_without_the_gpus_it_was_told_to_use(tmp_path):
             "DRY_RUN=1 checks the inputs without GPUs" in last or name == "rl, a cluster"
         )
     assert not (tmp_path / "logs").exists() and not (tmp_path / "eval").exists()  # no server was started
+    assert not (tmp_path / "checkpoints").exists()  # nor a training run
