@@ -26,6 +26,7 @@ LAYERS = {
         "carrier",
         "prompts",
         "llm",
+        "dispatch",
         "endpoint",
         "jsonl",
         "pool",
