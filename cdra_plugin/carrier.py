@@ -1,8 +1,9 @@
 """How per-step PRM results travel from the gateway to the CDPA experience maker.
 
 OpenRLHF keeps only three things of a remote reward response: ``rewards``, ``scores`` and ``extra_logs``, where
-each ``extra_logs`` entry becomes ``Experience.info[name] = tensor([value])``: one scalar per sample (DESIGN.md,
-"Facts about the host"). The step scores therefore ride in a fixed-width block of scalar ``extra_logs`` keys:
+each ``extra_logs`` entry becomes ``Experience.info[name] = tensor([value])``: one scalar per sample (OpenRLHF
+0.11.2's ``samples_generator.py``). The step scores therefore ride in a fixed-width block of scalar ``extra_logs``
+keys:
 
     cdpa_num_steps        number of steps the gateway scored (0 when scoring failed)
     cdpa_failed           1.0 when the PRM result is missing under the ``drop`` policy, else 0.0

@@ -23,14 +23,11 @@ same stages run at scale through ``recipes/*.sh`` (README).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "deeppref_sample"
@@ -166,12 +163,6 @@ def _prepare(data_dir: Path) -> dict:
     raise SystemExit(f"cdra demo: no prepared row asks {QUESTION!r}; was {EXAMPLES} changed?")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Servers:
     """Child processes on loopback (scripted models, the gateway), all stopped on exit whatever ends the ``with``."""
 
@@ -185,24 +176,19 @@ class _Servers:
 
     def start(self, name: str, argv: list[str], health: str) -> None:
         """Run ``python -m argv...`` with its output in ``logs/<name>.log``; return once ``health`` answers 200."""
-        import httpx
+        from cdra_plugin.testing.processes import start_server
 
-        log = self.logs / f"{name}.log"
-        with open(log, "w", encoding="utf-8") as stream:
-            self.procs.append(subprocess.Popen([sys.executable, "-m", *argv], stdout=stream, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 60.0
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(health, timeout=2.0).status_code == 200:
-                    return
-            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
-                raise SystemExit(f"cdra demo: {name} did not come up at {health}; end of {log}:\n" + "\n".join(tail))
-            time.sleep(0.2)
+        try:
+            proc = start_server([sys.executable, "-m", *argv], health, log=self.logs / f"{name}.log", timeout=60.0)
+        except RuntimeError as failed:
+            raise SystemExit(f"cdra demo: {name}: {failed}") from None
+        self.procs.append(proc)
 
     def scripted(self, role: str, *extra: str) -> str:
         """A scripted OpenAI-compatible model (``python -m cdra_plugin.testing serve``); returns its base URL."""
-        port = _free_port()
+        from cdra_plugin.testing.processes import free_port
+
+        port = free_port()
         url = f"http://127.0.0.1:{port}/v1"
         argv = ["cdra_plugin.testing", "serve", role, "--role", role, "--port", str(port), *extra]
         self.start(role, argv, url + "/models")
@@ -210,7 +196,9 @@ class _Servers:
 
     def gateway(self, backend: str, model: str) -> str:
         """``cdra prm serve`` over ``backend``; returns its URL."""
-        port = _free_port()
+        from cdra_plugin.testing.processes import free_port
+
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = ["cdra_plugin.cli", "prm", "serve", "--backend", backend, "--model", model, "--port", str(port),
                 "--max-steps", str(MAX_STEPS), "--failure-policy", "drop"]  # fmt: skip
@@ -218,15 +206,9 @@ class _Servers:
         return url
 
     def __exit__(self, *exc) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        from cdra_plugin.testing.processes import stop_servers
+
+        stop_servers(self.procs)
         self.procs = []
 
 

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,12 +46,6 @@ def run_backend(low: float, high: float) -> None:
         sys.stdin.read()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def code_dir(ref: str, scratch: Path) -> Path:
     """A directory with the ``cdra_plugin`` of ``ref`` (a directory as is, or a git ref extracted into scratch)."""
     if Path(ref, "cdra_plugin").is_dir():
@@ -65,23 +58,13 @@ def code_dir(ref: str, scratch: Path) -> Path:
 
 
 def start_gateway(code: Path, backend_url: str) -> tuple[subprocess.Popen, str]:
-    import httpx
+    from cdra_plugin.testing.processes import free_port, start_server
 
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,
            "--port", str(port), "--concurrency", "1024", "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the gateway did not become healthy within 120 s")
+    return start_server(cmd, url + "/health", env={**os.environ, "PYTHONPATH": str(code)}, cwd=code), url
 
 
 def process_stats(pid: int) -> dict[str, float]:

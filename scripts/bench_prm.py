@@ -1,4 +1,4 @@
-"""Benchmark: step-wise PRM scoring through the gateway against the serial per-step approach (issue 5, item 7).
+"""Benchmark: step-wise PRM scoring through the gateway against the serial per-step approach of the reference code.
 
 A simulated vLLM server (``cdra_plugin.testing``: fixed latency per request, at most C requests generating at
 once, the rest queued) runs in its own process on loopback; so does the real gateway (``cdra prm serve``). Then:
@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -72,12 +71,6 @@ def make_responses(n: int, steps: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_backend(latency: float, concurrency: int) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, __file__, "--_backend", str(latency), str(concurrency)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -85,24 +78,14 @@ def start_backend(latency: float, concurrency: int) -> tuple[subprocess.Popen, s
 
 
 def start_gateway(backend_url: str, concurrency: int) -> tuple[subprocess.Popen, str]:
-    import httpx
+    from cdra_plugin.testing.processes import free_port, start_server
 
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,
            "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning",
            "--cache-mb", "0"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the gateway did not become healthy (exit status {proc.poll()}); its errors are above")
+    return start_server(cmd, url + "/health", env={**os.environ, "PYTHONPATH": str(ROOT)}), url
 
 
 def serial(backend_url: str, triples, scorer) -> float:

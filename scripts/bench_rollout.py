@@ -59,7 +59,6 @@ import random
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,48 +202,25 @@ def run_sim(replicas: int, concurrency: int, scale: float) -> None:
         sys.stdin.read()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} not healthy within 120 s ({url})")
-
-
 class Deployment:
     """The simulated PRM (R replicas) and the real gateway over them, as subprocesses."""
 
     def __init__(self, replicas: int, concurrency: int, scale: float, gateway_args: list[str]):
+        from cdra_plugin.testing.processes import free_port, start_server
+
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, __file__, "--_sim", str(replicas), str(concurrency), str(scale)]
         self.sim = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.sim_url = self.sim.stdout.readline().strip()
         backends = ",".join(f"{self.sim_url}/r{i}/v1" for i in range(replicas))
         port = free_port()
-        self.gateway = subprocess.Popen(
+        self.url = f"http://127.0.0.1:{port}"
+        self.gateway = start_server(
             [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backends, "--model", MODEL,
              "--port", str(port), "--concurrency", str(concurrency), "--log-level", "warning",
              "--cache-mb", "0", *gateway_args],
-            env=env, stdout=subprocess.DEVNULL,
+            self.url + "/health", env=env,
         )  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
-        wait_healthy(self.url + "/health", self.gateway, "the gateway")
 
     def stats(self) -> dict:
         import httpx

@@ -8,7 +8,7 @@
 #   bash scripts/setup_env.sh --check    # exit 0 when the environment is built for today's requirements, else 1
 #
 # With an NVIDIA GPU it installs the normal wheels (openrlhf[vllm], a compiled flash-attn). Without one it follows
-# the CPU recipe verified in DESIGN.md: torch 2.13.0 CPU, vllm 0.29.0 without torchvision/torchaudio (their PyPI
+# the CPU recipe verified for OpenRLHF 0.11.2: torch 2.13.0 CPU, vllm 0.29.0 without torchvision/torchaudio (their PyPI
 # builds break transformers beside a CPU torch), flash-attn's Python files only, openrlhf 0.11.2.
 # A stamp file records a hash of the requirements; when it matches, the script only re-checks imports (seconds).
 set -euo pipefail
@@ -103,7 +103,7 @@ say "installing cdra-plugin (editable) with the test and trl extras"
 "${PIP[@]}" --no-build-isolation -e "$REPO_DIR[test,trl]" $([[ "$DEVICE" == cpu ]] && echo torch==2.13.0)
 
 if [[ "$DEVICE" == cpu ]]; then
-  # A later install can pull these back; remove them every time (DESIGN.md step 5).
+  # A later install can pull these back; remove them every time.
   "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio 2>/dev/null || true
 fi
 
