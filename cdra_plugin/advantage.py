@@ -14,8 +14,11 @@ Modes (``mu``/``sigma``: mean and standard deviation over the stated set):
   the step holding t.
 - ``process`` (Appendix D, process supervision): A_{i,t} = sum over the steps j >= step(t) of the response of the
   group-normalised step scores (same normalisation as ``group_steps``).
-- ``outcome`` (Appendix D, outcome supervision = GRPO): R_i = sum (``outcome_aggregation="sum"``, the paper's
-  R_dense) or mean of the response's step scores, normalised within the group, broadcast to all its tokens.
+- ``outcome`` (Appendix D, outcome supervision = GRPO): R_i, an aggregate of the response's step scores,
+  normalised within the group and broadcast to all its tokens. ``outcome_aggregation``: ``token_mean`` (default:
+  the mean of r_{i,t} over the response's tokens, each step weighed by its length, so splitting or merging steps
+  cannot change it), ``mean`` (of the step scores) or ``sum`` (the paper's R_dense; a response split into more
+  steps earns more, so GRPO on it learns to fragment).
 
 Conventions, shared by all modes:
 
@@ -56,7 +59,7 @@ from typing import NamedTuple
 import torch
 
 MODES = ("token_position", "group_steps", "process", "outcome")
-OUTCOME_AGGREGATIONS = ("sum", "mean")
+OUTCOME_AGGREGATIONS = ("token_mean", "mean", "sum")
 OUTCOME_EQUAL_RTOL = 1e-5
 
 
@@ -139,11 +142,16 @@ def _step_table(r: torch.Tensor, m: torch.Tensor, step_ids: torch.Tensor) -> _St
     return _Steps(torch.where(touched, hi, 0), touched, index)
 
 
-def _outcome(steps: _Steps, n_groups: int, aggregation: str, eps: float) -> _Normalised:
+def _outcome(
+    steps: _Steps, r: torch.Tensor, m: torch.Tensor, n_groups: int, aggregation: str, eps: float
+) -> _Normalised:
     """Outcome rewards R_i, normalised over the valid responses of each group: z is (n_groups, G, 1)."""
     n_steps = steps.present.sum(1)
-    total = steps.scores.sum(1)
-    outcome = total / n_steps.clamp(min=1) if aggregation == "mean" else total
+    if aggregation == "token_mean":
+        outcome = torch.where(m, r, 0).sum(1) / m.sum(1).clamp(min=1)
+    else:
+        total = steps.scores.sum(1)
+        outcome = total / n_steps.clamp(min=1) if aggregation == "mean" else total
     valid = (n_steps > 0).reshape(n_groups, -1, 1)
     return _group_normalise(outcome.reshape(n_groups, -1, 1), valid, eps, rtol=OUTCOME_EQUAL_RTOL)
 
@@ -208,7 +216,7 @@ def cdpa_advantages(
     eps: float = 1e-6,
     *,
     step_ids: torch.Tensor | None = None,
-    outcome_aggregation: str = "sum",
+    outcome_aggregation: str = "token_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token CDPA advantages (module docstring for the modes, conventions and stats).
 
@@ -222,7 +230,7 @@ def cdpa_advantages(
     r = token_rewards.to(work)  # masked positions are never read: every reduction below selects by m
     stats: dict[str, float] = {}
     steps = _step_table(r, m, step_ids) if step_ids is not None else None
-    outcome = _outcome(steps, n_groups, outcome_aggregation, eps) if steps is not None else None
+    outcome = _outcome(steps, r, m, n_groups, outcome_aggregation, eps) if steps is not None else None
     if mode == "token_position":
         adv = _token_position(r, m, n_groups, eps, stats)  # already 0 where the mask is 0
     elif mode == "outcome":

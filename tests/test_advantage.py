@@ -68,7 +68,7 @@ def ref_step_modes(r, m, ids, g, mode, eps=EPS):
     return out
 
 
-def ref_outcome(r, m, ids, g, aggregation="sum", eps=EPS):
+def ref_outcome(r, m, ids, g, aggregation="token_mean", eps=EPS):
     scores = ref_step_scores(r, m, ids)
     out = torch.zeros(r.shape, dtype=torch.float64)
     for grp in range(r.shape[0] // g):
@@ -76,12 +76,14 @@ def ref_outcome(r, m, ids, g, aggregation="sum", eps=EPS):
         totals = [sum(scores[i].values()) for i in rows]
         if aggregation == "mean":
             totals = [tot / len(scores[i]) for tot, i in zip(totals, rows, strict=True)]
+        if aggregation == "token_mean":  # every valid token's reward, one at a time
+            totals = [sum(float(r[i, t]) for t in range(r.shape[1]) if m[i, t]) / int(m[i].sum()) for i in rows]
         for i, a in zip(rows, _normalise(totals, eps, OUTCOME_EQUAL_RTOL), strict=True):
             out[i, m[i]] = a
     return out
 
 
-def reference(r, m, ids, g, mode, aggregation="sum"):
+def reference(r, m, ids, g, mode, aggregation="token_mean"):
     if mode == "token_position":
         return ref_token_position(r, m, g)
     if mode == "outcome":
@@ -148,7 +150,7 @@ def test_float64_input_stays_float64_and_exact(mode):
     torch.testing.assert_close(adv, reference(r, m, ids, 4, mode), atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "mean", "sum"])
 def test_outcome_aggregation(aggregation):
     gen = torch.Generator().manual_seed(5)
     r, m, ids = make_batch(gen, n_groups=3, g=4, t=20, ties=False)
@@ -214,6 +216,16 @@ def test_zero_std_positions_and_equal_values_that_do_not_sum_exactly():
     adv, stats = cdpa_advantages(r, m, 3)
     assert (adv == 0).all()
     assert stats["zero_std_position_frac"] == 1.0 and stats["zero_adv_token_frac"] == 1.0
+
+
+def test_splitting_a_step_raises_only_the_sum():
+    """The policy's fragmenting trick: response 0 writes its one good step as two. Only R_dense (sum) rewards it."""
+    r = torch.tensor([[0.8, 0.8, 0.8, 0.8], [0.8, 0.8, 0.8, 0.8]])
+    m = torch.ones(2, 4, dtype=torch.bool)
+    ids = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])  # same text, one marker more in response 0
+    for aggregation, split_wins in (("token_mean", False), ("mean", False), ("sum", True)):
+        adv, _ = cdpa_advantages(r, m, 2, "outcome", step_ids=ids, outcome_aggregation=aggregation)
+        assert bool((adv[0] > 0).all()) is split_wins and bool((adv[0] == 0).all()) is not split_wins, aggregation
 
 
 # ---------------------------------------------------------------- stats

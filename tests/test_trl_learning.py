@@ -80,7 +80,9 @@ def test_policy_learns_and_the_loss_gets_cdpa_advantages(policy, tokenizer, mode
     for batch in batches:
         rewards, valid, step_ids, _ = reference(tokenizer, batch)
         assert valid.any(1).all()  # every completion scored and aligned: none left out
-        expected, _ = cdpa_advantages(rewards, valid, G, mode=MODES[mode], step_ids=step_ids)
+        expected, _ = cdpa_advantages(
+            rewards, valid, G, mode=MODES[mode], step_ids=step_ids, outcome_aggregation="sum"
+        )
         torch.testing.assert_close(batch["advantages"], expected, rtol=0, atol=1e-6)
 
 

@@ -35,10 +35,11 @@ class CDPAConfig:
     )
     eps: float = _option(1e-6, "epsilon of Eq. 3, A = (r - mu) / (sigma + eps); >= 0")
     outcome_aggregation: str = _option(
-        "sum",
-        "a response's outcome reward from its step scores: sum (the paper's R_dense) or mean; used by --cdpa.mode "
-        "outcome and by the zero-advantage diagnostic cdpa_zero_adv_group_frac. Not the reward the gateway returns "
-        "(`cdra prm serve` has its own option for that)",
+        "token_mean",
+        "a response's outcome reward from its step scores: token_mean (each step weighed by its tokens; splitting "
+        "steps cannot raise it), mean, or sum (the paper's R_dense; more steps earn more, so the policy learns to "
+        "fragment); used by --cdpa.mode outcome and by the zero-advantage diagnostic cdpa_zero_adv_group_frac. Not "
+        "the reward the gateway returns (`cdra prm serve --reward-aggregation`)",
         OUTCOME_AGGREGATIONS,
     )
     failure_policy: str = _option(

@@ -160,6 +160,7 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
                     for p, q in PROMPTS]  # fmt: skip
             config = CDPAConfig(
                 output_dir=str(Path(tmp) / "run"), cdpa_mode=MODES[mode], max_steps=steps, seed=seed,
+                cdpa_outcome_aggregation="sum",  # outcome mode as the paper's GRPO on R_dense, the comparison
                 learning_rate=learning_rate, lr_scheduler_type="constant", num_generations=G, temperature=1.0,
                 per_device_train_batch_size=len(PROMPTS) * G, max_completion_length=48, beta=0.0,
                 loss_type="dr_grpo", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,

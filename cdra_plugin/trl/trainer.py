@@ -4,8 +4,8 @@ TRL's ``GRPOTrainer`` normalises one scalar reward per completion within its gro
 every token. ``CDPAGRPOTrainer`` gives token t of completion i the score of the step holding it,
 r_{i,t} = r_i^{step(t)}, from the Pers-GenPRM gateway (``GatewayReward``), and replaces TRL's (B,) advantages by
 the (B, T) ones of ``cdra_plugin.advantage.cdpa_advantages`` (``CDPAConfig.cdpa_mode``: ``token_position`` = Eq. 3,
-``group_steps``, ``process`` = App. D, ``outcome`` = GRPO on R_dense). TRL's loss takes (B, T) advantages as they
-are, so the PPO-clipped objective of Step 5 and the KL term (``beta``) stay TRL's own.
+``group_steps``, ``process`` = App. D, ``outcome`` = GRPO on the aggregated step scores). TRL's loss takes (B, T)
+advantages as they are, so the PPO-clipped objective of Step 5 and the KL term (``beta``) stay TRL's own.
 
 The hook is one override, ``_generate_and_score_completions``: TRL generates, scores through the reward function
 and builds the batch; this method then swaps the ``advantages`` entry before TRL buffers and shuffles the batch.
@@ -53,12 +53,14 @@ class CDPAConfig(GRPOConfig):
 
     cdpa_mode: str = field(
         default="token_position",
-        metadata={"help": "token_position (Eq. 3), group_steps, process (App. D) or outcome (GRPO on R_dense)"},
+        metadata={"help": "token_position (Eq. 3), group_steps, process (App. D) or outcome (GRPO on step scores)"},
     )
     cdpa_eps: float = field(default=1e-6, metadata={"help": "epsilon of Eq. 3"})
     cdpa_outcome_aggregation: str = field(
-        default="sum", metadata={"help": "outcome reward from step scores in outcome mode: sum (R_dense) or mean"}
-    )
+        default="token_mean",
+        metadata={"help": "outcome mode's reward from step scores: token_mean (splitting cannot raise it), mean, or "
+                  "sum (the paper's R_dense)"},
+    )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()
