@@ -9,7 +9,7 @@ offset mappings and chat formatting behave as they do with Qwen2.5; the model is
     python -m cdra_plugin.testing.tiny_model /tmp/tiny-qwen2     # build one by hand
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -91,4 +91,7 @@ def build_tiny_model(out_dir: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(build_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2"))
+    parser = argparse.ArgumentParser(prog="python -m cdra_plugin.testing.tiny_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("path", nargs="?", default="tiny-qwen2", help="folder to write (default tiny-qwen2)")
+    print(build_tiny_model(parser.parse_args().path))
