@@ -1,5 +1,7 @@
 """Child-process servers of the demo and the benchmarks: up when healthy, never left running on failure."""
 
+import socket
+import subprocess
 import sys
 
 import pytest
@@ -27,3 +29,17 @@ def test_a_server_that_never_answers_is_stopped_after_the_timeout():
     with pytest.raises(RuntimeError, match="no answer in 1 s") as failed:
         start_server(argv, f"http://127.0.0.1:{free_port()}/health", timeout=1.0)
     assert "end of" not in str(failed.value)  # no log asked for
+
+
+def test_the_scripted_server_says_in_one_line_that_its_port_is_taken():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "cdra_plugin.testing", "serve", "m", "--port", str(port)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"python -m cdra_plugin.testing: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "pick another --port"
+    ]

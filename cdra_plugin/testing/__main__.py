@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> None:
                "table": lambda: table_judge(load_table(args.table))}  # fmt: skip
     script = scripts[args.role]()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    with ScriptedLLM(script, model=args.served_model_name or args.model, host=args.host, port=args.port) as llm:
+    try:
+        server = ScriptedLLM(script, model=args.served_model_name or args.model, host=args.host, port=args.port)
+    except OSError as exc:  # a port in use: one line, as `cdra prm serve` says it
+        where = f"{args.host}:{args.port}"
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {where} ({exc.strerror}); pick another --port\n")
+    with server as llm:
         print(f"scripted LLM ({args.role}) serving {llm.model!r} on {llm.base_url}", flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
