@@ -85,12 +85,21 @@ class Completion:
 
 
 def normalize_base_url(url: str, option: str = "--backend") -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``."""
+    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``.
+
+    A query string is refused: the endpoint's path (``/chat/completions``) is appended to the base URL, so it would
+    land inside the query. The message shows the URL without user info and query (they may hold keys).
+    """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{option} {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1")
+    if parts.query:
+        raise ValueError(
+            f"{option} {public_url(url.strip())!r}: a base URL takes no query string (the client appends "
+            "/chat/completions or /completions to its path)"
+        )
     path = parts.path.rstrip("/") or "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def split_urls(value: str, option: str = "--backend") -> list[str]:

@@ -114,6 +114,12 @@ def test_base_urls_are_normalized_and_checked():
     assert normalize_base_url("https://api.openai.com/v1/") == "https://api.openai.com/v1"
     with pytest.raises(ValueError, match="--backend 'h:8000'"):
         normalize_base_url("h:8000")
+    # the endpoint's path is appended to the base URL: a query would swallow it (the call went to /v1?k=...)
+    with pytest.raises(ValueError, match="no query string") as err:
+        normalize_base_url("http://user:pw@h:8000/v1?key=s3cret", "--judge")
+    assert "s3cret" not in str(err.value) and "pw" not in str(err.value)
+    assert str(err.value).startswith("--judge 'http://h:8000/v1'")
+    assert normalize_base_url("http://h:8000/v1#frag") == "http://h:8000/v1"  # a fragment is never sent: dropped
 
 
 def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():
