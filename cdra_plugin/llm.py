@@ -88,7 +88,8 @@ def normalize_base_url(url: str, option: str = "--backend") -> str:
     """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``.
 
     A query string is refused: the endpoint's path (``/chat/completions``) is appended to the base URL, so it would
-    land inside the query. The message shows the URL without user info and query (they may hold keys).
+    land inside the query. So is user info: the client authenticates with a bearer key, and HTTP clients refuse to
+    send both. The message shows the URL without user info and query (they may hold keys).
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -97,6 +98,11 @@ def normalize_base_url(url: str, option: str = "--backend") -> str:
         raise ValueError(
             f"{option} {public_url(url.strip())!r}: a base URL takes no query string (the client appends "
             "/chat/completions or /completions to its path)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{option} {public_url(url.strip())!r}: a base URL takes no user:password@; the key is sent as a bearer "
+            "token from the environment variable the api-key-env option names"
         )
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))

@@ -120,6 +120,11 @@ def test_base_urls_are_normalized_and_checked():
     assert "s3cret" not in str(err.value) and "pw" not in str(err.value)
     assert str(err.value).startswith("--judge 'http://h:8000/v1'")
     assert normalize_base_url("http://h:8000/v1#frag") == "http://h:8000/v1"  # a fragment is never sent: dropped
+    # credentials in the URL were never sent (aiohttp refuses them beside the bearer header): every call failed as
+    # "connection" and opened the breaker
+    with pytest.raises(ValueError, match="no user:password@") as err:
+        normalize_base_url("http://user:pw@h:8000/v1", "--evaluator")
+    assert "pw" not in str(err.value) and str(err.value).startswith("--evaluator 'http://h:8000/v1'")
 
 
 def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():
