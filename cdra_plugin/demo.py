@@ -1,6 +1,7 @@
 """``cdra demo``: CDRA's main job end to end on a laptop, in a few minutes, with no GPU and no network.
 
-What a CDPA training step does with one prompt (paper Section 2.4, steps 2-4), run with the project's real parts:
+What a CDPA training step does with one prompt (paper Section 2.4, steps 2-4), then the evaluation and a short
+learning run, with the project's real parts (seven stages, numbered as the demo prints them):
 
 1. ``cdra data prepare`` turns the sample DeepPref trees (``examples/deeppref_sample``) into training files;
 2. a scripted stand-in for the Pers-GenPRM (``python -m cdra_plugin.testing serve --role table``: it answers each
@@ -11,7 +12,11 @@ What a CDPA training step does with one prompt (paper Section 2.4, steps 2-4), r
 4. the step scores come back through the ``extra_logs`` carrier, every token gets the score of its step
    (``cdra_plugin.align``) and the per-token advantages of Eq. 3 are computed (``cdra_plugin.advantage``) and shown,
    each step of each response in its own colour;
-5. a critique trace is written (``cdra_plugin.traces``) and shown as ``cdra traces show`` shows it.
+5. a critique trace is written (``cdra_plugin.traces``) and shown as ``cdra traces show`` shows it;
+6. the paper's evaluation (Sec. 3.1): ``cdra eval generate``, ``judge`` and ``report`` on the held-out split, with a
+   scripted model and a scripted judge, the zero-shot baseline against the Fig. 14 policy prompt;
+7. a tiny policy trained ``--learn-steps`` steps with CDPA's advantages through TRL on the CPU
+   (``cdra_plugin.trl.learn``; skipped when TRL is not installed, or with ``--learn-steps 0``).
 
 Every server it started is stopped on exit, Ctrl-C included; the outputs stay in ``--output``. On a GPU machine the
 same stages run at scale through ``recipes/*.sh`` (README).
@@ -88,7 +93,8 @@ class Interrupted(Exception):
 def add_parser(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="run CDRA's main job on this laptop: data, PRM gateway, CDPA advantages, trace (no GPU, no network)",
+        help="run CDRA's main job on this laptop: data, PRM gateway, CDPA advantages, trace, evaluation, a short "
+        "learning run (no GPU, no network)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
