@@ -120,6 +120,7 @@ def public_url(url: str) -> str:
     """The URL without user info or query, safe to log and to use as a metrics label."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
