@@ -1,7 +1,7 @@
 """``cdra demo``: CDRA's main job end to end on a laptop, in a few minutes, with no GPU and no network.
 
-What a CDPA training step does with one prompt (paper Section 2.4, steps 2-4), then the paper's evaluation and a
-short training run, with the project's real parts:
+What a CDPA training step does with one prompt (paper Section 2.4, steps 2-4), then the evaluation and a short
+learning run, with the project's real parts (seven stages, numbered as the demo prints them):
 
 1. ``cdra data prepare`` turns the sample DeepPref trees (``examples/deeppref_sample``) into training files;
 2. a scripted stand-in for the Pers-GenPRM (``python -m cdra_plugin.testing serve --role table``: it answers each
@@ -13,10 +13,10 @@ short training run, with the project's real parts:
    (``cdra_plugin.align``) and the per-token advantages of Eq. 3 are computed (``cdra_plugin.advantage``) and shown,
    each step of each response in its own colour;
 5. a critique trace is written (``cdra_plugin.traces``) and shown as ``cdra traces show`` shows it;
-6. the paper's evaluation (Sec. 3.1): a zero-shot baseline and the Fig. 14 policy prompt are generated, judged and
-   reported (Table 1, Fig. 4's radar chart) by a scripted model and judge (``cdra eval``);
-7. a tiny policy is trained ``--learn-steps`` steps with CDPA in TRL against the gateway on the CPU, and its mean
-   step score is shown step by step (``cdra_plugin.trl.learn``; skipped when TRL is not installed).
+6. the paper's evaluation (Sec. 3.1): ``cdra eval generate``, ``judge`` and ``report`` on the held-out split, with a
+   scripted model and a scripted judge, the zero-shot baseline against the Fig. 14 policy prompt;
+7. a tiny policy trained ``--learn-steps`` steps with CDPA's advantages through TRL on the CPU
+   (``cdra_plugin.trl.learn``; skipped when TRL is not installed, or with ``--learn-steps 0``).
 
 Every server it started is stopped on exit, Ctrl-C included; the outputs stay in ``--output``. On a GPU machine the
 same stages run at scale through ``recipes/*.sh`` (README).
@@ -94,7 +94,7 @@ def add_parser(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="run CDRA's main job on this laptop: data, PRM gateway, CDPA advantages, trace, evaluation, a short "
-        "TRL run (no GPU, no network)",
+        "learning run (no GPU, no network)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

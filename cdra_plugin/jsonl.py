@@ -28,12 +28,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 logger = logging.getLogger("cdra.jsonl")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as ``surrogateescape`` decodes them
 
 
 def read_rows(path: Path, option: str) -> list[tuple[int, dict]]:
@@ -41,14 +43,19 @@ def read_rows(path: Path, option: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise ValueError(f"{option} {path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as f:
+    # surrogateescape: a byte that is not UTF-8 becomes a lone surrogate in its line, so the error can name the line
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            if not line.isascii() and _UNDECODABLE.search(line):
+                raise ValueError(f"{path}:{n}: not valid UTF-8 text; save the file as UTF-8")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError):  # an integer too long to convert, or nesting too deep
+                raise ValueError(f"{path}:{n}: JSON too deeply nested or with too long a number") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
             rows.append((n, row))

@@ -85,12 +85,27 @@ class Completion:
 
 
 def normalize_base_url(url: str, option: str = "--backend") -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``."""
+    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``.
+
+    A query string is refused: the endpoint's path (``/chat/completions``) is appended to the base URL, so it would
+    land inside the query. So is user info: the client authenticates with a bearer key, and HTTP clients refuse to
+    send both. The message shows the URL without user info and query (they may hold keys).
+    """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{option} {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1")
+    if parts.query:
+        raise ValueError(
+            f"{option} {public_url(url.strip())!r}: a base URL takes no query string (the client appends "
+            "/chat/completions or /completions to its path)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{option} {public_url(url.strip())!r}: a base URL takes no user:password@; the key is sent as a bearer "
+            "token from the environment variable the api-key-env option names"
+        )
     path = parts.path.rstrip("/") or "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def split_urls(value: str, option: str = "--backend") -> list[str]:
@@ -105,6 +120,7 @@ def public_url(url: str) -> str:
     """The URL without user info or query, safe to log and to use as a metrics label."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

@@ -96,7 +96,7 @@ _LATER_LINE = re.compile("\n(?:" + _LINE + ")", re.IGNORECASE)
 _CONTENT = re.compile(r"[^\W_]")  # a letter or digit, in any script
 # Matched at 0 of a reversed tail of the text: a trailing run of whitespace and end-of-sequence texts (no
 # backtracking: nothing follows the loop). Whitespace is tried first, then the tokens in order, as in
-# ``cdra_plugin.prm.scoring.strip_end_tokens``.
+# ``cdra_plugin.prompts.strip_end_tokens``.
 _END_RUN = re.compile("(?:\\s|" + "|".join(re.escape(t[::-1]) for t in DEFAULT_END_TOKENS if t) + ")*")
 _TAIL = 64  # characters reversed at a time: reversing a whole response costs more than segmenting it
 

@@ -147,6 +147,12 @@ def test_failures_are_counted_by_kind_and_prune_never_score(council_server):
     assert all(isinstance(n.get("score", 0.5), float) for n in built.record["thought_tree"].values())
 
 
+def test_a_malformed_fault_tag_is_refused_not_ignored(council_server):
+    # a typo in a test's fault tag must not pass for a healthy council: the calls it reaches are HTTP 400
+    built = build(council_server, TreeShape(depth=1), preference=P + " [council: node all=htp500]")
+    assert built.record is None and built.tally["failures"] == {"thought": {"client_error": 5}}
+
+
 def test_a_generator_that_hangs_is_a_counted_timeout(council_server):
     built = build(council_server, TreeShape(depth=1), preference=P + " [council: hypothesis Pragmatist=hang]",
                   timeout=0.2)  # fmt: skip

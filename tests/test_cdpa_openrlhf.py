@@ -230,6 +230,9 @@ def test_reward_call_that_never_returned(monkeypatch, tiny_model_path, tiny_toke
     assert set(samples[1].info) == set(samples[0].info) and samples[1].info[FAILED_KEY].item() == 1.0
     (exp,) = run_advantages(maker, samples)
     assert (exp.advantages == 0).all() and exp.info[FAILED_KEY].tolist() == [0.0, 1.0]
+    lost = [make_experience(tiny_tokenizer, prompt_text, text, None, LABEL) for _ in range(2)]
+    with pytest.raises(RuntimeError, match="2 of 2 samples .* even --cdpa.failure_policy drop leaves nothing"):
+        maker.make_experience_batch(lost)  # under drop already: the message does not advise drop
 
     args.cdpa = dataclasses.replace(args.cdpa, failure_policy="fail")
     samples[1] = make_experience(tiny_tokenizer, prompt_text, text, None, LABEL)

@@ -107,3 +107,9 @@ def test_read_rows_names_the_option_file_and_line(tmp_path):
     data.write_text('"text"\n')
     with pytest.raises(ValueError, match=rf"^{data}:1: a row must be a JSON object, got str$"):
         read_rows(data, "--data")
+    # input the json module refuses with other errors than JSONDecodeError: still file:line, never a bare message
+    for line, reason in ((b'{"a": "caf\xe9"}', "not valid UTF-8"), (b'{"n": ' + b"9" * 5000 + b"}", "too long"),
+                         (b"[" * 100_000 + b"]" * 100_000, "too deeply nested")):  # fmt: skip
+        data.write_bytes(b'{"a": "\xc3\xa9"}\n' + line + b"\n")
+        with pytest.raises(ValueError, match=rf"^{data}:2: .*{reason}"):
+            read_rows(data, "--data")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cdra_plugin.llm import LLMCallError, LLMClient, normalize_base_url
+from cdra_plugin.llm import LLMCallError, LLMClient, normalize_base_url, public_url
 from cdra_plugin.prm.metrics import Metrics
 from cdra_plugin.testing import Fault, ScriptedLLM, score_text
 from cdra_plugin.testing.hostile import HostileLLM, Raw, completion_json
@@ -114,6 +114,18 @@ def test_base_urls_are_normalized_and_checked():
     assert normalize_base_url("https://api.openai.com/v1/") == "https://api.openai.com/v1"
     with pytest.raises(ValueError, match="--backend 'h:8000'"):
         normalize_base_url("h:8000")
+    # the endpoint's path is appended to the base URL: a query would swallow it (the call went to /v1?k=...)
+    with pytest.raises(ValueError, match="no query string") as err:
+        normalize_base_url("http://user:pw@h:8000/v1?key=s3cret", "--judge")
+    assert "s3cret" not in str(err.value) and "pw" not in str(err.value)
+    assert str(err.value).startswith("--judge 'http://h:8000/v1'")
+    assert normalize_base_url("http://h:8000/v1#frag") == "http://h:8000/v1"  # a fragment is never sent: dropped
+    assert public_url("http://u:pw@[::1]:8000/v1?k=s") == "http://[::1]:8000/v1"  # the label of an IPv6 backend
+    # credentials in the URL were never sent (aiohttp refuses them beside the bearer header): every call failed as
+    # "connection" and opened the breaker
+    with pytest.raises(ValueError, match="no user:password@") as err:
+        normalize_base_url("http://user:pw@h:8000/v1", "--evaluator")
+    assert "pw" not in str(err.value) and str(err.value).startswith("--evaluator 'http://h:8000/v1'")
 
 
 def test_a_retry_after_a_rejected_answer_samples_at_a_temperature_above_zero():

@@ -46,7 +46,7 @@ def _missing(monkeypatch, tiny_model_path) -> list[str]:
     argv += ["--rollout.n_samples_per_prompt", "2", "--reward.remote_url", "http://h:1/get_reward"]
     args = host_args(monkeypatch, argv)
     options = ["algo.advantage.estimator", "rollout.n_samples_per_prompt", "reward.remote_url", "reward.clip_range"]
-    options += ["train.agent_func_path", "train.async_enable", "algo.kl.init_coef"]
+    options += ["train.agent_func_path", "train.async_enable", "algo.kl.init_coef", "data.max_len"]
     for dotted in options:
         node = args
         for part in dotted.split("."):

@@ -195,6 +195,7 @@ BAD_INPUTS = [
     (json.dumps({**GOOD, "labels": [{"preference": 1, "question": Q}]}), 400, "labels[0].preference must be a string"),
     (json.dumps({**GOOD, "labels": [json.dumps([P, Q])]}), 400, "labels[0] must be a JSON object"),
     (json.dumps({**GOOD, "query": ["something else"]}), 400, "query[0] does not start with prompts[0]"),
+    (json.dumps({**GOOD, "query": ["something else"]}), 400, "raise --data.max_len"),  # OpenRLHF 0.11.2's option
     (json.dumps({**GOOD, "pad": "x" * 5000}), 413, "exceeds the limit"),
 ]
 

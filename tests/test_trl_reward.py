@@ -82,6 +82,21 @@ def test_bearer_token_from_the_environment(tiny_tokenizer, monkeypatch):
             call(GatewayReward(url, tiny_tokenizer), tiny_tokenizer, ANSWERS[:1])
 
 
+def test_a_token_in_the_url_never_appears_in_errors(tiny_tokenizer, unused_port):
+    # http://user:TOKEN@host is how OpenRLHF's client passes the gateway's token; httpx sends it as basic auth
+    with gateway("--reward-aggregation", "sum", auth_token="right-token") as url:
+        good = url.replace("http://", "http://cdra:right-token@")
+        assert call(GatewayReward(good, tiny_tokenizer), tiny_tokenizer, ANSWERS[:1])[0] == pytest.approx([1.0])
+        with pytest.raises(RuntimeError, match="HTTP 401") as refused:
+            call(GatewayReward(url.replace("http://", "http://cdra:wrong-token@"), tiny_tokenizer), tiny_tokenizer,
+                 ANSWERS[:1])  # fmt: skip
+    dead = f"http://cdra:right-token@127.0.0.1:{unused_port}/get_reward"
+    with pytest.raises(RuntimeError, match="is `cdra prm serve` running there") as unreachable:
+        call(GatewayReward(dead, tiny_tokenizer, retries=0), tiny_tokenizer, ANSWERS[:1])
+    for err in (refused, unreachable):
+        assert "-token" not in str(err.value) and "POST http://127.0.0.1:" in str(err.value)
+
+
 def test_misuse_gets_a_clear_error(tiny_tokenizer, unused_port):
     with pytest.raises(ValueError, match="must be the gateway's http://HOST:PORT/get_reward"):
         GatewayReward("http://127.0.0.1:5000/score", tiny_tokenizer)

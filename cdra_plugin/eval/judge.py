@@ -38,6 +38,7 @@ from cdra_plugin.jsonl import Appender, read_rows, resume_rows
 from cdra_plugin.llm import LLMCallError, LLMClient
 from cdra_plugin.pool import for_each
 from cdra_plugin.prompts import fill
+from cdra_plugin.steps import segment_steps
 
 JUDGE_INPUTS = ("full", "final")
 _RESPONSE_FIELDS = ("id", "topic", "preference", "question", "response", "mode", "model", "sample")
@@ -111,8 +112,6 @@ def judged_text(response: str, judge_input: str) -> str:
     """``{end_generation}``: the response, or the body of its last step."""
     if judge_input == "full":
         return response
-    from cdra_plugin.steps import segment_steps  # imports torch: only when asked for
-
     return segment_steps(response)[-1].body(response)
 
 

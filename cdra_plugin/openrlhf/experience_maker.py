@@ -84,10 +84,14 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
             return
         missing_ids = {id(s) for s in missing}
         if self.args.cdpa.failure_policy == "fail" or len(missing) == len(samples):
+            what_else = (
+                "or use --cdpa.failure_policy drop to train on without them"
+                if self.args.cdpa.failure_policy == "fail"
+                else "none came back, so even --cdpa.failure_policy drop leaves nothing to train on"
+            )
             raise RuntimeError(
                 f"{len(missing)} of {len(samples)} samples came back without a PRM reward or step scores: check "
-                "that --reward.remote_url points at a running `cdra prm serve` gateway (GET /health), or use "
-                "--cdpa.failure_policy drop to train on without them."
+                f"that --reward.remote_url points at a running `cdra prm serve` gateway (GET /health); {what_else}."
             )
         template = next(s for s in samples if id(s) not in missing_ids)
         block = encode_step_scores(None, carrier_width(template.info))

@@ -156,7 +156,7 @@ def parse_reward_request(body: Any) -> list[Sample]:
             )
             raise BadRequest(
                 f"query[{i}] does not start with prompts[{i}] (they differ at char {at}); the response is the query "
-                "minus its prompt. Was the prompt truncated (raise --max_len) or are the lists misaligned?"
+                "minus its prompt. Was the prompt truncated (raise --data.max_len) or are the lists misaligned?"
             )
         samples.append(
             Sample(label["preference"], label["question"], query[len(prompt) :], prompt, raw, _name(i, label))

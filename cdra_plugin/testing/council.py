@@ -21,7 +21,7 @@ Faults are written into the preference P (it appears in every prompt of a scenar
 ``path`` (Fig. 13); WHO a persona's short name (``Contrarian``) or ``all``; FAULT ``unparsable`` (an evaluator
 answer without a valid score line, a blank generator answer), ``out_of_range`` (SCORE 1.5 / FINAL SCORE 140),
 ``flaky`` (unparsable on the first request of that prompt only), ``http500``, ``http400`` or ``hang`` (no answer
-for 30 s). Unrecognised prompts get HTTP 400.
+for 30 s). Unrecognised prompts, and prompts with a tag whose stage or fault is not one of these, get HTTP 400.
 
     python -m cdra_plugin.testing serve council --role council --port 8001
 """
@@ -91,7 +91,10 @@ class ScriptedCouncil:
 
     # -- prompts --------------------------------------------------------------------------------------------------
     def _fault(self, request: ScriptedRequest, stage: str, persona: str) -> str | None:
+        """The fault the prompt's tags give this call: one of FAULTS, None, or a malformed tag (answered 400)."""
         for tag_stage, who, fault in _FAULT_TAG.findall(request.prompt):
+            if tag_stage not in STAGES or fault not in FAULTS:  # a typo must not pass for a healthy answer
+                return f"[council: {tag_stage} {who}={fault}]"
             if tag_stage == stage and who in ("all", persona):
                 if fault == "flaky":
                     with self._lock:
@@ -104,6 +107,10 @@ class ScriptedCouncil:
 
     @staticmethod
     def _as_reply(fault: str | None, text: Reply, bad: Reply, out_of_range: Reply) -> Reply:
+        if fault is not None and fault not in FAULTS:
+            return Fault.http(
+                400, f"malformed fault tag {fault}: stages {', '.join(STAGES)}; faults {', '.join(FAULTS)}"
+            )
         if fault == "http500":
             return Fault.http(500)
         if fault == "http400":

@@ -29,6 +29,7 @@ import httpx
 import torch
 
 from cdra_plugin.carrier import decode_step_scores
+from cdra_plugin.llm import public_url
 
 
 class GatewayBatch(NamedTuple):
@@ -48,7 +49,8 @@ class GatewayBatch(NamedTuple):
 class GatewayReward:
     """A TRL reward function scoring completions through ``cdra prm serve`` (module docstring).
 
-    url: the gateway's ``http://HOST:PORT/get_reward``; tokenizer: the policy's (decodes completion ids and renders
+    url: the gateway's ``http://HOST:PORT/get_reward`` (``http://user:TOKEN@...`` sends the token as basic auth, as
+    OpenRLHF does; errors show the URL without it); tokenizer: the policy's (decodes completion ids and renders
     conversational prompts); label_key: the dataset column with the DeepPref label; auth_token_env: environment
     variable holding the gateway's ``--auth-token-env`` token; timeout: seconds per request (the gateway scores all
     steps of the batch concurrently); retries: further tries when the gateway cannot be reached.
@@ -105,6 +107,7 @@ class GatewayReward:
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def _post(self, body: dict) -> dict[str, Any]:
+        where = public_url(self.url)  # no user info: it may hold the gateway's token
         for attempt in range(self.retries + 1):
             try:
                 response = self._client.post(self.url, json=body)
@@ -112,13 +115,13 @@ class GatewayReward:
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise RuntimeError(
-                        f"POST {self.url}: {type(exc).__name__}: {exc} after {attempt + 1} tries; is `cdra prm "
+                        f"POST {where}: {type(exc).__name__}: {exc} after {attempt + 1} tries; is `cdra prm "
                         "serve` running there (GET /health)?"
                     ) from None
                 time.sleep(0.5 * 2**attempt)
         if response.status_code != 200:
             detail = response.text[:500]
-            raise RuntimeError(f"POST {self.url}: HTTP {response.status_code}: {detail}")
+            raise RuntimeError(f"POST {where}: HTTP {response.status_code}: {detail}")
         return response.json()
 
     @staticmethod
