@@ -55,3 +55,19 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def scripted_prm():
+    """One scripted PRM (tags in a step set its answer, 0.5 otherwise) shared by the gateway tests."""
+    from cdra_plugin.testing import ScriptedLLM, prm_step_judge
+
+    with ScriptedLLM(prm_step_judge(default=0.5)) as server:
+        yield server
+
+
+@pytest.fixture
+def prm(scripted_prm):
+    """The shared scripted PRM, its recorded requests and queued replies cleared."""
+    scripted_prm.clear()
+    return scripted_prm

@@ -3,7 +3,6 @@ the scripted server standing in for `vllm serve` and a scripted judge: every che
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,10 @@ from cdra_plugin.eval.metrics import METRICS
 from cdra_plugin.eval.prompts import CHECKS
 from cdra_plugin.testing import ScriptedLLM
 from cdra_plugin.testing.judge import scripted_judge
+from cdra_plugin.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "eval.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_recipe(tmp_path, timeout=120, **env):

@@ -16,6 +16,7 @@ import pytest
 
 from cdra_plugin.cli import main
 from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
+from cdra_plugin.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-SECRET-api-key-7731"
@@ -25,12 +26,6 @@ LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where to go?",
 
 # torch (imported by cdra_plugin.steps today) warns about pynvml on import; not the gateway's output under test
 QUIET = {"PYTHONWARNINGS": "ignore:The pynvml package is deprecated:FutureWarning"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_subprocess_works_and_never_shows_secrets():

@@ -19,18 +19,6 @@ from cdra_plugin.prompts import prm_prompt
 from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
 
 
-@pytest.fixture(scope="module")
-def llm():
-    with ScriptedLLM(prm_step_judge(default=0.5)) as server:
-        yield server
-
-
-@pytest.fixture
-def prm(llm):
-    llm.clear()
-    return llm
-
-
 def test_get_reward_protocol_dense_reward_and_carrier(prm):
     r1 = "Step 1: quiet towns [score=0.2]\nStep 2: shoulder season [score=0.6]\nStep 3: go to Lofoten<|im_end|>"
     r2 = "No markers at all [score=-0.4]"

@@ -10,20 +10,6 @@ import httpx
 import pytest
 from prm_helpers import PROMPT, Q, post, reward_body, serving
 
-from cdra_plugin.testing import ScriptedLLM, prm_step_judge
-
-
-@pytest.fixture(scope="module")
-def llm():
-    with ScriptedLLM(prm_step_judge(default=0.5)) as server:
-        yield server
-
-
-@pytest.fixture
-def prm(llm):
-    llm.clear()
-    return llm
-
 
 def raw(body: str) -> bytes:
     return body.encode("utf-8", "surrogatepass")

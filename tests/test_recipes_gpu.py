@@ -5,7 +5,6 @@ recipes run at once, since each spends its time importing torch."""
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cdra_plugin.testing.processes import free_port
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a usable GPU")

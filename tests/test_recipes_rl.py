@@ -1,31 +1,21 @@
 """recipes/train_cdpa.sh and train_grpo_baseline.sh: syntax, every value checked, the gateway's /health (a real
 gateway over the scripted PRM), the GPUs, and a command OpenRLHF's parser accepts."""
 
-import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from cdpa_host import host_args
+from recipe_helpers import gateway, write_prompts
 
-from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.server import create_app
-from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 SAMPLE = ROOT / "examples" / "deeppref_sample"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_recipe(name, tmp_path, **env):
@@ -35,22 +25,9 @@ def run_recipe(name, tmp_path, **env):
     return subprocess.run(["bash", str(RECIPES / name)], capture_output=True, text=True, env=full, cwd=tmp_path)
 
 
-@contextlib.contextmanager
-def gateway(*argv, backend=None):
-    """The real gateway app over the scripted PRM (or over ``backend``, e.g. a port nothing answers on)."""
-    with contextlib.ExitStack() as stack:
-        url = backend or stack.enter_context(ScriptedLLM(prm_step_judge(), model="pers-genprm")).base_url
-        args = build_parser().parse_args(["prm", "serve", "--backend", url, "--model", "pers-genprm", *argv])
-        server = stack.enter_context(BackgroundServer(create_app(build_gateway(args))))
-        yield f"{server.url}/get_reward"
-
-
 @pytest.fixture
 def prompts(tmp_path):
-    path = tmp_path / "rl_prompts.jsonl"
-    row = {"input": [{"role": "user", "content": "q"}], "label": json.dumps({"preference": "p", "question": "q"})}
-    path.write_text("".join(json.dumps(row) + "\n" for _ in range(64)))
-    return path
+    return write_prompts(tmp_path / "rl_prompts.jsonl", json.dumps({"preference": "p", "question": "q"}), question="q")
 
 
 @pytest.mark.parametrize("name", sorted(str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.sh")))

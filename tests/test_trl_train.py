@@ -1,11 +1,9 @@
 """recipes/train_cdpa_trl.sh and its entry point `python -m cdra_plugin.trl.train`: input checks, a command TRL's own
 argument parser accepts with the paper's defaults, and one real training step through the gateway on the CPU."""
 
-import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +12,20 @@ import pytest
 
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'cdra-plugin[trl]' (setup_env.sh has it)")
 
+from recipe_helpers import gateway, write_prompts
 from transformers import HfArgumentParser  # noqa: E402
 
 from cdra_plugin.cli import build_parser  # noqa: E402
 from cdra_plugin.prm.cli import build_gateway  # noqa: E402
 from cdra_plugin.prm.server import create_app  # noqa: E402
 from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge  # noqa: E402
+from cdra_plugin.testing.processes import free_port
 from cdra_plugin.trl.train import ScriptArguments, main  # noqa: E402
 from cdra_plugin.trl.trainer import CDPAConfig  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_cdpa_trl.sh"
 LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where should I travel in May?"})
 HUB = "Qwen/Qwen2.5-7B-Instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_recipe(tmp_path, **env):
@@ -43,22 +37,9 @@ def run_recipe(tmp_path, **env):
     return subprocess.run(["bash", str(RECIPE)], capture_output=True, text=True, env=full, cwd=tmp_path)
 
 
-@contextlib.contextmanager
-def gateway(*argv, backend=None):
-    """The real gateway app over the scripted PRM (or over ``backend``, e.g. a port nothing answers on)."""
-    with contextlib.ExitStack() as stack:
-        url = backend or stack.enter_context(ScriptedLLM(prm_step_judge(), model="pers-genprm")).base_url
-        args = build_parser().parse_args(["prm", "serve", "--backend", url, "--model", "pers-genprm", *argv])
-        server = stack.enter_context(BackgroundServer(create_app(build_gateway(args))))
-        yield f"{server.url}/get_reward"
-
-
 @pytest.fixture
 def prompts(tmp_path):
-    path = tmp_path / "rl_prompts.jsonl"
-    row = {"input": [{"role": "user", "content": "Where should I travel in May?"}], "label": LABEL}
-    path.write_text("".join(json.dumps(row) + "\n" for _ in range(64)))  # PROMPTS_PER_STEP=32 by default
-    return path
+    return write_prompts(tmp_path / "rl_prompts.jsonl", LABEL, question="Where should I travel in May?")
 
 
 @pytest.mark.parametrize(
