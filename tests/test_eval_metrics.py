@@ -20,19 +20,63 @@ PF_TABLE = [
     (pf(F, N, F, T), (0, 0, 0, 0, 1)),  # nothing wrong
     (pf(F, N, T, T), (1, 0, 0, 0, 0)),  # violates without acknowledging: preference-unaware violation
     (pf(F, N, T, F), (0, 0, 0, 1, 0)),  # an unhelpful response is only unhelpful
-    (pf(T, T, F, T), (0, 1, 0, 0, 0)),  # acknowledges a hallucinated preference
+    (pf(T, T, F, T), (0, 0, 0, 0, 1)),  # restates the preference loosely but follows it and helps: no error
+    (pf(T, T, T, T), (0, 1, 0, 0, 0)),  # restates it wrongly and violates it: hallucination-of-preference violation
     (pf(T, F, T, T), (0, 0, 1, 0, 0)),  # acknowledges the right preference, violates it anyway: inconsistent
     (pf(T, F, T, F), (0, 0, 0, 1, 0)),  # ... but unhelpful: not inconsistent
     (pf(T, F, F, T), (0, 0, 0, 0, 1)),  # acknowledges and follows
-    (pf(T, T, T, F), (0, 1, 0, 1, 0)),  # hallucinated and unhelpful: two errors, one failure
+    (pf(T, T, T, F), (0, 0, 0, 1, 0)),  # hallucinated and violated, but unhelpful: only unhelpful
     # nulls: a value is given only when no completion of the nulls could change it
-    (pf(T, N, F, T), (0, N, 0, 0, N)),  # hallucination failed: e_hp unknown, e_ir is 0 (no violation)
-    (pf(N, N, F, T), (0, N, 0, 0, N)),  # acknowledge failed: e_puv 0 (no violation), e_hp unknown
+    (pf(T, N, F, T), (0, 0, 0, 0, 1)),  # hallucination failed, but without a violation no error needs it
+    (pf(N, N, F, T), (0, 0, 0, 0, 1)),  # acknowledge failed: likewise settled by "no violation, helpful"
+    (pf(T, N, T, T), (0, N, N, 0, 0)),  # hallucination failed and decides which error, not whether one
     (pf(F, N, N, F), (0, 0, 0, 1, 0)),  # violation failed, but unhelpful decides Acc_PF = 0
     (pf(F, N, N, T), (N, 0, 0, 0, N)),  # violation failed and decisive
     (pf(F, N, F, N), (0, 0, 0, N, N)),  # helpful failed
     (pf(T, F, T, N), (0, 0, N, N, 0)),  # inconsistent or unhelpful: an error either way
 ]
+
+
+# All 16 complete verdicts against PrefEval's decision rule, written out as a truth table from its evaluation code
+# (amazon-science/PrefEval, the error-type classification over check_acknowledge/violation/hallucination/helpful;
+# restated in ../shared/data/README.md): unhelpful = not helpful; hallucination-of-preference violation =
+# acknowledge and hallucinate and violate and not unhelpful; inconsistent = acknowledge and not hallucinate and
+# violate and not unhelpful; preference-unaware violation = not acknowledge and violate and not unhelpful.
+#  ack  hal  vio  help   e_puv e_hp e_ir e_ur  acc_pf
+PREFEVAL_TRUTH_TABLE = """
+    F    F    F    F      0     0    0    1     0
+    F    F    F    T      0     0    0    0     1
+    F    F    T    F      0     0    0    1     0
+    F    F    T    T      1     0    0    0     0
+    F    T    F    F      0     0    0    1     0
+    F    T    F    T      0     0    0    0     1
+    F    T    T    F      0     0    0    1     0
+    F    T    T    T      1     0    0    0     0
+    T    F    F    F      0     0    0    1     0
+    T    F    F    T      0     0    0    0     1
+    T    F    T    F      0     0    0    1     0
+    T    F    T    T      0     0    1    0     0
+    T    T    F    F      0     0    0    1     0
+    T    T    F    T      0     0    0    0     1
+    T    T    T    F      0     0    0    1     0
+    T    T    T    T      0     1    0    0     0
+"""
+
+
+def _truth_rows():
+    for line in PREFEVAL_TRUTH_TABLE.strip().splitlines():
+        cells = line.split()
+        yield pf(*(c == "T" for c in cells[:4])), tuple(int(c) for c in cells[4:])
+
+
+@pytest.mark.parametrize("verdicts, expected", list(_truth_rows()))
+def test_all_sixteen_verdict_combinations_follow_prefeval(verdicts, expected):
+    got = tuple(int(indicator(m, verdicts)) for m in ("e_puv", "e_hp", "e_ir", "e_ur", "acc_pf"))
+    assert got == expected
+
+
+def test_the_truth_table_covers_every_combination_once():
+    assert len({tuple(v.values()) for v, _ in _truth_rows()}) == 16
 
 
 @pytest.mark.parametrize("verdicts, expected", PF_TABLE)
@@ -68,10 +112,10 @@ def row(rid, verdicts, topic="t", sample=0):
 def test_summary_percentages_n_and_excluded_by_hand():
     rows = [row(f"p{i}", v) for i, (v, _) in enumerate(PF_TABLE)]
     s = summarize(rows, bootstrap=0)
-    # acc_pf: 1 at rows 0 and 6; 0 at rows 1-5, 7, 10, 13; unknown at rows 8, 9, 11, 12
-    assert s["n"]["acc_pf"] == 10 and s["excluded"]["acc_pf"] == 4 and s["acc_pf"] == 20.0
-    # e_ur: 1 at rows 2, 5, 7, 10; unknown at 12, 13
-    assert s["n"]["e_ur"] == 12 and s["e_ur"] == round(100 * 4 / 12, 2)
+    # acc_pf: 1 at rows 0, 3, 7, 9, 10; 0 at rows 1, 2, 4-6, 8, 11, 12, 15; unknown at rows 13, 14
+    assert s["n"]["acc_pf"] == 14 and s["excluded"]["acc_pf"] == 2 and s["acc_pf"] == round(100 * 5 / 14, 2)
+    # e_ur: 1 at rows 2, 6, 8, 12; unknown at 14, 15
+    assert s["n"]["e_ur"] == 14 and s["e_ur"] == round(100 * 4 / 14, 2)
     assert s["acc_da"] is None and s["n"]["acc_da"] == 0 and s["excluded"]["acc_da"] == len(rows)
     assert s["ci95"]["acc_pf"] is None  # bootstrap 0: no intervals
 

@@ -1,13 +1,14 @@
 """The paper's evaluation metrics (Section 3.1, Eqs. 4-5, Table 1) from judge verdicts, with bootstrap intervals.
 
-Per response, from its verdicts {check: True | False | None} (PrefEval's decision rules for the four errors):
+Per response, from its verdicts {check: True | False | None} (PrefEval's decision rules for the four errors, as its
+evaluation code applies them to its four checks; an error other than e_ur needs a violation by a helpful response):
 
-    e_ur   = not helpful                                               unhelpful response
-    e_hp   = acknowledge and hallucination                             hallucination of preference
+    e_ur   = not helpful                                                   unhelpful response
+    e_hp   = acknowledge and hallucination and violation and helpful       hallucination-of-preference violation
     e_ir   = acknowledge and not hallucination and violation and helpful   inconsistent response
-    e_puv  = not acknowledge and violation and helpful                 preference-unaware violation
-    acc_pf = 1 - max(e_puv, e_hp, e_ir, e_ur)                          Eq. 5
-    acc_da = max(m_dm, m_ie, m_th)                                     Eq. 4
+    e_puv  = not acknowledge and violation and helpful                     preference-unaware violation
+    acc_pf = 1 - max(e_puv, e_hp, e_ir, e_ur)                              Eq. 5
+    acc_da = max(m_dm, m_ie, m_th)                                         Eq. 4
     acc_mis = misleading;  m_th, m_dm, m_ie = thoughtfulness, deep_mining, innovative_expansion
 
 A ``null`` verdict (a failed or unparsable judge call, or a check not asked) is unknown, never No. A response counts
@@ -40,7 +41,8 @@ def _e_ur(v: Verdicts) -> bool:
 
 
 def _e_hp(v: Verdicts) -> bool:
-    return v["acknowledge"] and v["hallucination"]
+    # a restatement that drifts from the preference is an error only when the response then violates it
+    return v["acknowledge"] and v["hallucination"] and v["violation"] and v["helpful"]
 
 
 def _e_ir(v: Verdicts) -> bool:
@@ -64,7 +66,7 @@ FORMULAS: dict[str, tuple[tuple[str, ...], Callable[[Verdicts], bool]]] = {
     "m_dm": (("deep_mining",), lambda v: v["deep_mining"]),
     "m_ie": (("innovative_expansion",), lambda v: v["innovative_expansion"]),
     "e_puv": (("acknowledge", "violation", "helpful"), _e_puv),
-    "e_hp": (("acknowledge", "hallucination"), _e_hp),
+    "e_hp": (_PF, _e_hp),
     "e_ir": (_PF, _e_ir),
     "e_ur": (("helpful",), _e_ur),
 }
