@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["cdra_plugin", "cdra_plugin.*"]),
-    package_data={"cdra_plugin.testing": ["assets/*"]},
+    package_data={"cdra_plugin.stub": ["assets/*"], "cdra_plugin.demo": ["samples/*"]},
     # What the package imports. OpenRLHF brings its own stack (deepspeed, ray, vllm, flash-attn, transformers);
     # scripts/setup_env.sh installs it in the order a CPU-only machine needs.
     install_requires=[

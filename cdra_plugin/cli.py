@@ -10,9 +10,10 @@ cdra traces show traces.jsonl
 import argparse
 import sys
 
-from cdra_plugin import __version__, demo, silence_pynvml_notice
-from cdra_plugin.build import cli as build_cli
+from cdra_plugin import __version__, silence_pynvml_notice
+from cdra_plugin.construct import cli as build_cli
 from cdra_plugin.data import cli as data_cli
+from cdra_plugin.demo import pipeline as demo
 from cdra_plugin.eval import cli as eval_cli
 from cdra_plugin.prm import cli as prm_cli
 from cdra_plugin.traces import cli as traces_cli

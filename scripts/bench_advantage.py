@@ -2,7 +2,7 @@
 
 (a) Step alignment for N responses of ~1,500 tokens with 5-8 steps each (synthetic, in the paper's response format
     with the usual variations: bold/heading/dash markers, preambles, final-answer lines, blank lines, Unicode):
-    - ``align_steps``: what the CDPA experience maker runs, ``cdra_plugin.align.align_steps`` over all the
+    - ``align_steps``: what the CDPA experience maker runs, ``cdra_plugin.cdpa.align.align_steps`` over all the
       responses at once (``decode_groups`` -> ``segment_steps`` per text -> one step search per group of
       responses), from the generated ids (CPU LongTensors, as rows of the host's sequences); its decoding and its
       segmentation are also timed alone. Its result is checked against a per-token loop over the tokenizer's own
@@ -42,11 +42,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdra_plugin.advantage import MODES, cdpa_advantages  # noqa: E402
-from cdra_plugin.align import align_steps  # noqa: E402
-from cdra_plugin.detok import decode_groups  # noqa: E402
-from cdra_plugin.steps import segment_steps  # noqa: E402
-from cdra_plugin.testing.tiny_model import ASSETS, build_tokenizer  # noqa: E402
+from cdra_plugin.cdpa.advantage import MODES, cdpa_advantages  # noqa: E402
+from cdra_plugin.cdpa.align import align_steps  # noqa: E402
+from cdra_plugin.cdpa.detok import decode_groups  # noqa: E402
+from cdra_plugin.cdpa.steps import segment_steps  # noqa: E402
+from cdra_plugin.stub.tiny_model import ASSETS, build_tokenizer  # noqa: E402
 
 MARKERS = ["Step {k}: ", "**Step {k}:** ", "### Step {k}\n", "Step {k} - ", "- Step {k}: ", "step {k}. "]
 PREAMBLES = ["Sure! Let me reason about this step by step.\n\n", "Here is my analysis.\n"]

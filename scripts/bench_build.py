@@ -1,8 +1,8 @@
 """Benchmark: `cdra build` (the persona council, Appendix E) against simulated generator and evaluator servers.
 
-Two simulated vLLM servers (``cdra_plugin.testing.ScriptedLLM`` with the scripted council: a fixed latency per
+Two simulated vLLM servers (``cdra_plugin.stub.ScriptedLLM`` with the scripted council: a fixed latency per
 request, at most C requests generating at once, the rest queued) run in their own processes on loopback, one as the
-generator and one as the evaluator. The real builder (``cdra_plugin.build.runner.build``, two ``LLMClient``s with
+generator and one as the evaluator. The real builder (``cdra_plugin.construct.runner.build``, two ``LLMClient``s with
 concurrency C) builds N scenarios with the default tree (K=5, b=2, D=4, --prune-below 0.4, --keep-top 2) into a
 temporary directory, with ``--parallel`` scenarios in flight:
 
@@ -43,8 +43,8 @@ PAPER_SCENARIOS = 3000
 
 def run_backend(latency: float, concurrency: int) -> None:
     """Child mode: serve the scripted council until stdin closes; print its base URL first."""
-    from cdra_plugin.testing import ScriptedLLM
-    from cdra_plugin.testing.council import ScriptedCouncil
+    from cdra_plugin.stub import ScriptedLLM
+    from cdra_plugin.stub.council import ScriptedCouncil
 
     with ScriptedLLM(ScriptedCouncil(), model=MODEL, latency=latency, max_concurrency=concurrency) as llm:
         print(llm.base_url, flush=True)
@@ -67,9 +67,9 @@ def write_pairs(path: Path, n: int) -> Path:
 
 def build_once(urls: tuple[str, str], pairs: Path, n: int, parallel: int, concurrency: int) -> tuple[float, dict]:
     """(wall seconds, build_stats) of one build of the first ``n`` pairs into a fresh directory."""
-    from cdra_plugin.build.runner import BuildOptions, build
-    from cdra_plugin.build.tree import TreeShape
-    from cdra_plugin.llm import LLMClient
+    from cdra_plugin.construct.runner import BuildOptions, build
+    from cdra_plugin.construct.tree import TreeShape
+    from cdra_plugin.llm.client import LLMClient
 
     async def go():
         generator = LLMClient([urls[0]], MODEL, temperature=0.8, concurrency=concurrency)

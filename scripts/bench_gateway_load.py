@@ -1,6 +1,6 @@
 """Load test of the PRM gateway: requests/s, latency percentiles, errors and memory under concurrent clients.
 
-A simulated PRM (``cdra_plugin.testing.jitter.JitteredLLM``: each answer takes a uniform random 50-200 ms, no cap on
+A simulated PRM (``sim.jitter.JitteredLLM``: each answer takes a uniform random 50-200 ms, no cap on
 concurrent answers, so the backend is never the bottleneck by design) runs in its own process on loopback; so does
 the real gateway (``cdra prm serve --concurrency 1024``, one process). A client posts ``--requests`` distinct
 ``/get_reward`` requests (one sample of ``--steps`` steps each, as OpenRLHF sends them; distinct, so the cache
@@ -38,8 +38,9 @@ MODEL = "scripted-prm"
 
 def run_backend(low: float, high: float) -> None:
     """Child mode: serve the simulated PRM until stdin closes; print its base URL first."""
-    from cdra_plugin.testing import score_text
-    from cdra_plugin.testing.jitter import JitteredLLM
+    from sim.jitter import JitteredLLM
+
+    from cdra_plugin.stub import score_text
 
     with JitteredLLM(low, high, script=lambda request: score_text(0.5), model=MODEL) as llm:
         print(llm.base_url, flush=True)
@@ -58,7 +59,7 @@ def code_dir(ref: str, scratch: Path) -> Path:
 
 
 def start_gateway(code: Path, backend_url: str) -> tuple[subprocess.Popen, str]:
-    from cdra_plugin.testing.processes import free_port, start_server
+    from cdra_plugin.stub.processes import free_port, start_server
 
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,

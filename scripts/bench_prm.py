@@ -1,6 +1,6 @@
 """Benchmark: step-wise PRM scoring through the gateway against the serial per-step approach of the reference code.
 
-A simulated vLLM server (``cdra_plugin.testing``: fixed latency per request, at most C requests generating at
+A simulated vLLM server (``cdra_plugin.stub``: fixed latency per request, at most C requests generating at
 once, the rest queued) runs in its own process on loopback; so does the real gateway (``cdra prm serve``). Then:
 
 - serial: the paper's reference approach, one PRM call at a time, response after response, step after step
@@ -47,7 +47,7 @@ MODEL = "scripted-prm"
 
 def run_backend(latency: float, concurrency: int) -> None:
     """Child mode: serve the simulated PRM until stdin closes; print its base URL first."""
-    from cdra_plugin.testing import ScriptedLLM, score_text
+    from cdra_plugin.stub import ScriptedLLM, score_text
 
     with ScriptedLLM(
         lambda request: score_text(0.5), model=MODEL, latency=latency, max_concurrency=concurrency
@@ -78,7 +78,7 @@ def start_backend(latency: float, concurrency: int) -> tuple[subprocess.Popen, s
 
 
 def start_gateway(backend_url: str, concurrency: int) -> tuple[subprocess.Popen, str]:
-    from cdra_plugin.testing.processes import free_port, start_server
+    from cdra_plugin.stub.processes import free_port, start_server
 
     port = free_port()
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", backend_url, "--model", MODEL,
@@ -92,7 +92,7 @@ def serial(backend_url: str, triples, scorer) -> float:
     """The reference approach: one blocking call per step, in order. Returns seconds."""
     import openai
 
-    from cdra_plugin.prompts import parse_score
+    from cdra_plugin.cdpa.prompts import parse_score
 
     client = openai.OpenAI(base_url=backend_url, api_key="EMPTY", max_retries=0)
     started = time.perf_counter()
@@ -135,8 +135,8 @@ async def through_gateway(url: str, triples, pid: int) -> tuple[float, float, li
 
 
 def token_counts(triples, scorer) -> dict[str, float]:
-    from cdra_plugin.prompts import PRM_TEMPLATE
-    from cdra_plugin.testing import approx_tokens
+    from cdra_plugin.cdpa.prompts import PRM_TEMPLATE
+    from cdra_plugin.stub import approx_tokens
 
     head = PRM_TEMPLATE.split("{preference}")[0]  # the same in every prompt: cached after the first request
     sent = new = 0
@@ -164,7 +164,7 @@ def main() -> int:
         run_backend(float(args._backend[0]), int(args._backend[1]))
         return 0
 
-    from cdra_plugin.llm import LLMClient
+    from cdra_plugin.llm.client import LLMClient
     from cdra_plugin.prm.scoring import StepScorer
 
     triples = make_responses(args.responses, args.steps)

@@ -10,7 +10,7 @@ simulated seconds), with three processes on loopback:
   connection, as OpenRLHF does;
 - the real gateway, ``cdra prm serve`` (``python -m cdra_plugin.cli``, result cache off), over R PRM replicas, at
   most C calls in flight on each (``--concurrency C``);
-- a simulated **PRM**: R replicas of ``cdra_plugin.testing.vllm_sim`` (continuous batching of up to C sequences,
+- a simulated **PRM**: R replicas of ``sim.vllm`` (continuous batching of up to C sequences,
   prefill, prefix caching).
 
 Workload (defaults: the paper's setting, Sec. 3.1: Qwen2.5-7B policy and PRM, G = 5, 32 prompts per step):
@@ -65,7 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdra_plugin.testing.vllm_sim import EngineSpec, critique_tokens  # noqa: E402
+from sim.vllm import EngineSpec, critique_tokens  # noqa: E402
 
 MODEL = "simulated-prm"
 WORDS = "user values quiet time plans trips carefully avoids crowds budget family food walks museums".split()
@@ -120,10 +120,10 @@ def prm_work(samples: list[Sample], spec: EngineSpec, concurrency: int) -> dict:
     once on one replica with the template already cached (GPU seconds per sample, in ``work_s``); critique and
     prefill token counts; ``floor_s``: when the last reward could return with unlimited replicas (each sample
     scored on an idle replica the moment it finishes)."""
-    from cdra_plugin.llm import LLMClient
+    from cdra_plugin.cdpa.prompts import PRM_TEMPLATE
+    from cdra_plugin.llm.client import LLMClient
     from cdra_plugin.prm.scoring import StepScorer
-    from cdra_plugin.prompts import PRM_TEMPLATE
-    from cdra_plugin.testing import approx_tokens
+    from cdra_plugin.stub import approx_tokens
 
     scorer = StepScorer(LLMClient(["http://127.0.0.1:9/v1"], MODEL))  # builds the gateway's prompts only
     head = PRM_TEMPLATE.split("{preference}")[0]
@@ -151,7 +151,7 @@ def ideal_end(samples: list[Sample], spec: EngineSpec, replicas: int) -> float:
     """When the last reward would return with an ideal dispatcher: the same simulated replicas driven on a virtual
     clock in-process (no HTTP, no gateway), every response's steps sent together, the moment it finishes, to the
     replica with the fewest sequences (so its prompts share that replica's prefix cache)."""
-    from cdra_plugin.testing.vllm_sim import Replica
+    from sim.vllm import Replica
 
     clock, wakes = [0.0], [None] * replicas
 
@@ -193,8 +193,9 @@ def arrival_bound(samples: list[Sample], deadline: float) -> float:
 # -- processes ---------------------------------------------------------------------------------------------------
 def run_sim(replicas: int, concurrency: int, scale: float) -> None:
     """Child mode: serve the simulated PRM replicas until stdin closes; print the base URL first."""
-    from cdra_plugin.testing.server import BackgroundServer
-    from cdra_plugin.testing.vllm_sim import SimulatedVLLM
+    from sim.vllm import SimulatedVLLM
+
+    from cdra_plugin.stub.server import BackgroundServer
 
     sim = SimulatedVLLM(EngineSpec(max_seqs=concurrency), replicas, time_scale=scale, model=MODEL)
     with BackgroundServer(sim.app()) as server:
@@ -206,7 +207,7 @@ class Deployment:
     """The simulated PRM (R replicas) and the real gateway over them, as subprocesses."""
 
     def __init__(self, replicas: int, concurrency: int, scale: float, gateway_args: list[str]):
-        from cdra_plugin.testing.processes import free_port, start_server
+        from cdra_plugin.stub.processes import free_port, start_server
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, __file__, "--_sim", str(replicas), str(concurrency), str(scale)]
@@ -265,7 +266,7 @@ def run_replicas(args, samples, replicas: int, gateway_args: list[str]) -> dict:
     """``--repeats`` rollouts on one deployment (PRM caches emptied in between); the run with the median ratio."""
     import httpx
 
-    from cdra_plugin.prompts import policy_prompt
+    from cdra_plugin.cdpa.prompts import policy_prompt
 
     deployment = Deployment(replicas, args.prm_concurrency, args.time_scale, gateway_args)
     runs = []

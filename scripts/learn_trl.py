@@ -1,6 +1,6 @@
 """A tiny policy learning from CDPA (or outcome-level GRPO) on the CPU, through TRL and the real PRM gateway.
 
-Runs ``cdra_plugin.trl.learn.learning_curve`` (see its docstring: a tiny Qwen2 taught the step format, then GRPO
+Runs ``cdra_plugin.demo.learn.learning_curve`` (see its docstring: a tiny Qwen2 taught the step format, then GRPO
 steps of 4 prompts x G = 5 completions against a scripted PRM that scores a step +1 when it mentions "quiet", -1
 otherwise) for each seed, and prints the mean PRM step score per step, then one JSON object as the last line:
 ``mode``, ``steps``, ``score_first`` / ``score_last`` (mean step score on [-1, 1] over the first / last five steps,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cdra_plugin.trl.learn import MODES, learning_curve, moving_average, steps_to_reach
+from cdra_plugin.demo.learn import MODES, learning_curve, moving_average, steps_to_reach
 
 
 def train(args) -> dict:

@@ -11,7 +11,9 @@ import pytest
 if importlib.util.find_spec("flash_attn_2_cuda") is None:
     sys.modules["flash_attn_2_cuda"] = types.ModuleType("flash_attn_2_cuda")
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+_HERE = __import__("pathlib").Path(__file__).parent
+sys.path.insert(0, str(_HERE))  # the tests' own helpers (hostile backends, fixtures)
+sys.path.insert(1, str(_HERE.parent / "scripts"))  # the benchmarks' simulated backends (scripts/sim), tested too
 
 
 def _cuda_available() -> bool:
@@ -35,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """Path of a tiny random Qwen2 checkpoint with a fast tokenizer, built once per test run."""
-    from cdra_plugin.testing.tiny_model import build_tiny_model
+    from cdra_plugin.stub.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
 
@@ -60,7 +62,7 @@ def unused_port() -> int:
 @pytest.fixture(scope="session")
 def scripted_prm():
     """One scripted PRM (tags in a step set its answer, 0.5 otherwise) shared by the gateway tests."""
-    from cdra_plugin.testing import ScriptedLLM, prm_step_judge
+    from cdra_plugin.stub import ScriptedLLM, prm_step_judge
 
     with ScriptedLLM(prm_step_judge(default=0.5)) as server:
         yield server

@@ -8,7 +8,7 @@ import httpx
 from cdra_plugin.cli import build_parser
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
-from cdra_plugin.testing import BackgroundServer
+from cdra_plugin.stub import BackgroundServer
 
 FAST = ["--timeout", "0.5", "--retries", "2", "--backoff", "0.001", "--backoff-max", "0.005"]
 P, Q = "I avoid crowds.", "Where should I travel in May?"

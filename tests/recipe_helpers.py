@@ -7,7 +7,7 @@ import json
 from cdra_plugin.cli import build_parser
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
-from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
 
 
 @contextlib.contextmanager

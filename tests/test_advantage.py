@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdra_plugin.advantage import MODES, OUTCOME_EQUAL_RTOL, cdpa_advantages
+from cdra_plugin.cdpa.advantage import MODES, OUTCOME_EQUAL_RTOL, cdpa_advantages
 
 EPS = 1e-6
 

@@ -1,5 +1,5 @@
-"""Step alignment (``cdra_plugin.align``): the step of every token against a per-token loop, on hand-made spans (the
-rules at step boundaries) and on real tokenizers; a batch gives what each of its responses gives alone."""
+"""Step alignment (``cdra_plugin.cdpa.align``): the step of every token against a per-token loop, on hand-made spans
+(the rules at step boundaries) and on real tokenizers; a batch gives what each of its responses gives alone."""
 
 import json
 import random
@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_detok import TEXTS, byte_tokens, encode, host_decode, metaspace_tokenizer, reference_step_of_token
 
-from cdra_plugin import detok
-from cdra_plugin.align import _step_of_token, align_steps
-from cdra_plugin.detok import DecodedGroup, decode_groups
-from cdra_plugin.steps import Step, segment_steps
-from cdra_plugin.testing.tiny_model import build_tokenizer
+from cdra_plugin.cdpa import detok
+from cdra_plugin.cdpa.align import _step_of_token, align_steps
+from cdra_plugin.cdpa.detok import DecodedGroup, decode_groups
+from cdra_plugin.cdpa.steps import Step, segment_steps
+from cdra_plugin.stub.tiny_model import build_tokenizer
 
 STEP_TEXTS = [json.loads(line)["text"] for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open()]
 

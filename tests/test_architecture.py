@@ -1,11 +1,13 @@
 """The package's layers, read from the code's own import statements: imports run one way, with no circle.
 
-    entry points   cli, demo, train (the `cdra` and `cdra-train` commands)
+    entry points   cli, train (the `cdra` and `cdra-train` commands), demo/ (`cdra demo`)
     host adapters  openrlhf/, trl/           the only code that imports OpenRLHF or TRL
-    services       prm/, data/, build/, eval/, traces/
-    core           steps, detok, align, advantage, carrier, prompts, llm, dispatch, endpoint, jsonl, pool, testing/
+    services       prm/, data/, construct/, eval/, traces/
+    core           cdpa/, llm/, io/
+    stand-ins      stub/                     scripted servers and the tiny model: imported by demo/ only
 
-A module may import its own layer's modules and those below; the README's "Architecture" section draws the same.
+A module may import its own layer's modules and those below; the package root holds entry points only; no product
+code (adapters, services, core) imports a stand-in. The README's "Architecture" section draws the same.
 """
 
 import ast
@@ -15,26 +17,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cdra_plugin"
 LAYERS = {
-    "entry": {"cli", "demo", "train"},
+    "entry": {"cli", "train", "demo"},
     "adapter": {"openrlhf", "trl"},
-    "service": {"prm", "data", "build", "eval", "traces"},
-    "core": {
-        "steps",
-        "detok",
-        "align",
-        "advantage",
-        "carrier",
-        "prompts",
-        "llm",
-        "dispatch",
-        "endpoint",
-        "jsonl",
-        "pool",
-        "testing",
-        "__init__",
-    },  # fmt: skip
+    "service": {"prm", "data", "construct", "eval", "traces"},
+    "core": {"cdpa", "llm", "io", "__init__"},
+    "stand-in": {"stub"},
 }
-RANK = {"core": 0, "service": 1, "adapter": 2, "entry": 3}
+RANK = {"stand-in": 0, "core": 0, "service": 1, "adapter": 2, "entry": 3}
+ROOT_MODULES = {"__init__", "cli", "train"}
 HOSTS = {"openrlhf", "trl", "deepspeed", "vllm", "ray"}
 
 
@@ -56,7 +46,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found += [(node.lineno, node.module)]
-            if node.module == "cdra_plugin":  # `from cdra_plugin import demo` names a unit
+            if node.module == "cdra_plugin":  # `from cdra_plugin import cli` names a unit
                 found += [(node.lineno, f"cdra_plugin.{alias.name}") for alias in node.names]
     return found
 
@@ -64,6 +54,10 @@ def imports(path: Path) -> list[tuple[int, str]]:
 def test_every_unit_has_a_layer():
     units = {unit for _, unit in modules()}
     assert units <= set().union(*LAYERS.values()), units - set().union(*LAYERS.values())
+
+
+def test_the_package_root_holds_entry_points_only():
+    assert {p.stem for p in PACKAGE.glob("*.py")} == ROOT_MODULES
 
 
 @pytest.mark.parametrize(
@@ -82,10 +76,12 @@ def test_imports_run_down_the_layers(path, unit):
             target = layer_of(rest[0])
             if rest[0] != unit and RANK[target] > RANK[here]:
                 wrong.append(f"line {line}: {module} ({here} imports {target})")
+            if target == "stand-in" and unit not in ("stub", "demo"):
+                wrong.append(f"line {line}: {module} (only demo/ may use the stand-ins)")
     assert not wrong, f"{path.relative_to(PACKAGE)}: " + "; ".join(wrong)
 
 
-def test_services_do_not_import_each_other_in_a_circle():
+def test_units_do_not_import_each_other_in_a_circle():
     edges = {}
     for path, unit in modules():
         for _, module in imports(path):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cdra_plugin.build.prompts import (
+from cdra_plugin.cdpa.prompts import SCORING_BUDGET, SCORING_SCALE
+from cdra_plugin.construct.prompts import (
     NODE_SCORE_TEMPLATE,
     PERSONAS,
     Unparsable,
@@ -17,7 +18,6 @@ from cdra_plugin.build.prompts import (
     parse_path_score,
     path_score_prompt,
 )
-from cdra_plugin.prompts import SCORING_BUDGET, SCORING_SCALE
 
 
 def test_personas_are_the_papers_five_with_their_descriptions():
@@ -126,7 +126,7 @@ def test_one_line_keeps_step_markers_out_of_line_starts():
 
 
 def test_personas_option_takes_names_or_a_json_file(tmp_path):
-    from cdra_plugin.build.cli import parse_personas
+    from cdra_plugin.construct.cli import parse_personas
 
     assert parse_personas(None) == PERSONAS
     assert [p.name for p in parse_personas("contrarian, The Psychologist")] == ["The Contrarian", "The Psychologist"]

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from cdra_plugin.build.io import BuildError, Journal, read_pairs
-from cdra_plugin.build.runner import BuildOptions, build
-from cdra_plugin.build.tree import TreeShape
+from cdra_plugin.cdpa.prompts import parse_score, policy_prompt, prm_prompt
+from cdra_plugin.cdpa.steps import segment_steps
 from cdra_plugin.cli import main
+from cdra_plugin.construct.io import BuildError, Journal, read_pairs
+from cdra_plugin.construct.runner import BuildOptions, build
+from cdra_plugin.construct.tree import TreeShape
 from cdra_plugin.data.loader import load_deeppref
 from cdra_plugin.data.prepare import PrepareOptions, prepare_deeppref
 from cdra_plugin.data.schema import RecordError
-from cdra_plugin.llm import LLMClient
-from cdra_plugin.prompts import parse_score, policy_prompt, prm_prompt
-from cdra_plugin.steps import segment_steps
-from cdra_plugin.testing import ScriptedLLM
-from cdra_plugin.testing.council import ScriptedCouncil
+from cdra_plugin.llm.client import LLMClient
+from cdra_plugin.stub import ScriptedLLM
+from cdra_plugin.stub.council import ScriptedCouncil
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFEVAL = ROOT.parent / "shared" / "data" / "prefeval_explicit"
@@ -269,8 +269,8 @@ def test_recipe_checks_every_value(tmp_path, env, message):
 def test_recipe_prints_a_command_cdra_accepts(tmp_path):
     import shlex
 
-    from cdra_plugin.build.prompts import PERSONAS
     from cdra_plugin.cli import build_parser
+    from cdra_plugin.construct.prompts import PERSONAS
 
     names = ", ".join([p.short.upper() for p in PERSONAS[:2]] + [p.name for p in PERSONAS[2:]])  # as cdra takes them
     proc = run_build_recipe(tmp_path, PERSONAS=names, PRUNE_BELOW="-0.5")

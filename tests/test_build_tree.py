@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from cdra_plugin.build.prompts import PERSONAS, Persona, hypothesis_prompt
-from cdra_plugin.build.tree import Council, Pair, Thought, TreeShape, prune_level
-from cdra_plugin.llm import LLMClient
-from cdra_plugin.testing import ScriptedLLM
-from cdra_plugin.testing.council import ScriptedCouncil
+from cdra_plugin.construct.prompts import PERSONAS, Persona, hypothesis_prompt
+from cdra_plugin.construct.tree import Council, Pair, Thought, TreeShape, prune_level
+from cdra_plugin.llm.client import LLMClient
+from cdra_plugin.stub import ScriptedLLM
+from cdra_plugin.stub.council import ScriptedCouncil
 
 Q = "Can you recommend some outdoor experiences for us in the countryside?"
 P = "I want to avoid any activities that involve animals due to allergies in my family."

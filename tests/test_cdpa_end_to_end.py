@@ -15,12 +15,12 @@ import pytest
 import torch
 from cdpa_host import cdpa_args, cdpa_maker, make_experience, query_text
 
-from cdra_plugin.carrier import FAILED_KEY
+from cdra_plugin.cdpa.carrier import FAILED_KEY
+from cdra_plugin.cdpa.prompts import policy_prompt
 from cdra_plugin.cli import build_parser, main
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
-from cdra_plugin.prompts import policy_prompt
-from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE_TRACE = ROOT / "examples" / "traces" / "cdpa_sample.jsonl"

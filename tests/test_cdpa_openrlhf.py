@@ -9,8 +9,8 @@ import pytest
 import torch
 from cdpa_host import cdpa_args, cdpa_maker, host_args, make_experience
 
-from cdra_plugin.carrier import FAILED_KEY, STEP_KEY, encode_step_scores
-from cdra_plugin.prompts import policy_prompt
+from cdra_plugin.cdpa.carrier import FAILED_KEY, STEP_KEY, encode_step_scores
+from cdra_plugin.cdpa.prompts import policy_prompt
 
 LABEL = {"preference": "I avoid animals: allergies.", "question": "Outdoor ideas?", "id": "t/0", "topic": "t"}
 EOT = "<|im_end|>"
@@ -74,8 +74,8 @@ def test_cli_errors_name_the_option(monkeypatch, capsys, argv, message):
 
 
 def test_one_config_owns_the_cdpa_options(monkeypatch, tiny_model_path):
-    from cdra_plugin import advantage
-    from cdra_plugin.openrlhf.config import CDPAConfig
+    from cdra_plugin.cdpa import advantage
+    from cdra_plugin.cdpa.config import CDPAConfig
     from cdra_plugin.openrlhf.train import build_cdpa_parser
 
     fields = {f.name: f for f in dataclasses.fields(CDPAConfig)}
@@ -92,7 +92,7 @@ def test_one_config_owns_the_cdpa_options(monkeypatch, tiny_model_path):
 def test_readme_lists_every_cdpa_option_with_its_default():
     from pathlib import Path
 
-    from cdra_plugin.openrlhf.config import CDPAConfig
+    from cdra_plugin.cdpa.config import CDPAConfig
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for f in dataclasses.fields(CDPAConfig):

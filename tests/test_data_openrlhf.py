@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cdra_plugin.cdpa.prompts import parse_score
 from cdra_plugin.data.prepare import PrepareOptions, prepare_deeppref, prepare_prefeval
-from cdra_plugin.prompts import parse_score
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "deeppref_sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "cdra_plugin" / "demo" / "samples"
 
 
 def strategy_for(**options):

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from test_data_paths import record, write_deeppref
 
+from cdra_plugin.cdpa.prompts import parse_score, policy_prompt, prm_prompt, render_steps
 from cdra_plugin.cli import main
 from cdra_plugin.data.hf import load_deeppref_dataset
 from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.split import SplitError, topic_quotas
-from cdra_plugin.prompts import parse_score, policy_prompt, prm_prompt, render_steps
-from cdra_plugin.testing import ScriptedLLM
+from cdra_plugin.stub import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "deeppref_sample"
+SAMPLE = ROOT / "cdra_plugin" / "demo" / "samples"
 REAL_PREFEVAL = ROOT.parent / "shared" / "data" / "prefeval_explicit"
 OUTPUTS = ["prm_sft.jsonl", "rft.jsonl", "rl_prompts.jsonl", "eval.jsonl", "stats.json"]
 
@@ -255,7 +255,7 @@ def test_existing_outputs_are_not_overwritten_silently(tmp_path, capsys):
 
 def test_invalid_input_writes_nothing_and_skip_invalid_reports(tmp_path, capsys):
     out = tmp_path / "o"
-    malformed = str(SAMPLE / "malformed")
+    malformed = str(ROOT / "tests" / "assets" / "malformed_trees")
     assert main(["data", "prepare", "--input", malformed, "--output", str(out), "--eval-size", "0"]) == 1
     err = capsys.readouterr().err
     assert "cot_Broken_preferences.json: record 1: user_profile: missing" in err and "--skip-invalid" in err

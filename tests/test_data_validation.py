@@ -11,7 +11,7 @@ from cdra_plugin.cli import main
 from cdra_plugin.data.loader import InputError, load_deeppref, load_prefeval, resolve_inputs
 from cdra_plugin.data.schema import RecordError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "deeppref_sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "cdra_plugin" / "demo" / "samples"
 GOOD = record({"0": ["1", "2"], "1": ["3"]}, scores={"1": 0.3, "2": -0.2, "3": 0.8})
 
 
@@ -190,7 +190,7 @@ def test_prefeval_records_validated_and_sources_not_mixed_up(tmp_path):
 
 
 def test_shipped_malformed_sample_lists_every_case(capsys):
-    malformed = SAMPLE / "malformed"
+    malformed = Path(__file__).resolve().parent / "assets" / "malformed_trees"
     assert main(["data", "validate", "--input", str(malformed)]) == 1
     err = capsys.readouterr()
     assert "1 valid, 11 invalid record(s) or file(s) in 2 file(s)" in err.out

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from cdra_plugin.cli import main
-from cdra_plugin.data.writer import JOURNAL, AtomicFiles, pending_commit
+from cdra_plugin.io.writer import JOURNAL, AtomicFiles, pending_commit
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "deeppref_sample"
+SAMPLE = ROOT / "cdra_plugin" / "demo" / "samples"
 OUTPUTS = sorted(["prm_sft.jsonl", "rft.jsonl", "rl_prompts.jsonl", "eval.jsonl", "stats.json"])
 PREPARE = ["data", "prepare", "--input", str(SAMPLE), "--eval-size", "2"]
 

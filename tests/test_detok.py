@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cdra_plugin import detok
-from cdra_plugin.align import align_steps
-from cdra_plugin.detok import decode_groups
-from cdra_plugin.steps import Step, segment_steps
-from cdra_plugin.testing.tiny_model import ASSETS, build_tokenizer
+from cdra_plugin.cdpa import detok
+from cdra_plugin.cdpa.align import align_steps
+from cdra_plugin.cdpa.detok import decode_groups
+from cdra_plugin.cdpa.steps import Step, segment_steps
+from cdra_plugin.stub.tiny_model import ASSETS, build_tokenizer
 
 TEXTS = [
     "Step 1: The user likes quiet places.\n\nStep 2: Suggest a library.\n",
@@ -270,7 +270,7 @@ def test_decode_that_is_not_the_byte_table_takes_the_generic_path(caplog):
     base = build_tokenizer()
     tok = ShoutingTokenizer(tokenizer_object=base.backend_tokenizer, eos_token="<|im_end|>")
     ids = encode(tok, "Step 1: café")
-    with caplog.at_level("WARNING", logger="cdra_plugin.detok"):
+    with caplog.at_level("WARNING", logger="cdra_plugin.cdpa.detok"):
         text, offsets = decode_one(tok, ids)
     assert detok._TABLES[tok] is None
     assert "decoding the vocabulary gives" in caplog.text and "re-encoding" in caplog.text

@@ -1,17 +1,17 @@
-"""LLM endpoint options declared once (``cdra_plugin.endpoint``): every command keeps its option names, each value
+"""LLM endpoint options declared once (``cdra_plugin.llm.options``): every command keeps its option names, each value
 reaches the client of its endpoint, and a bad value is an error naming the option the user typed."""
 
 import asyncio
 
 import pytest
 
-from cdra_plugin import llm
-from cdra_plugin.build.cli import EVALUATOR, GENERATOR
 from cdra_plugin.cli import build_parser
-from cdra_plugin.endpoint import OPTIONS
+from cdra_plugin.construct.cli import EVALUATOR, GENERATOR
 from cdra_plugin.eval.cli import JUDGE, POLICY
+from cdra_plugin.llm import client as llm
+from cdra_plugin.llm.options import OPTIONS
 from cdra_plugin.prm.cli import PRM
-from cdra_plugin.testing import ScriptedLLM
+from cdra_plugin.stub import ScriptedLLM
 
 URL = "http://127.0.0.1:9/v1"
 SHARED = "--prompt-format completion --timeout 4 --retries 1 --backoff 0.1 --backoff-max 0.2".split()

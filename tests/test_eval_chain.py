@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from cdra_plugin.cdpa.prompts import fill, policy_prompt
 from cdra_plugin.cli import main
 from cdra_plugin.eval.baselines import Shot, build_prompt
 from cdra_plugin.eval.prompts import PREFEVAL_FILES
-from cdra_plugin.prompts import fill, policy_prompt
-from cdra_plugin.testing import Fault, ScriptedLLM
-from cdra_plugin.testing.judge import scripted_judge, scripted_policy
+from cdra_plugin.stub import Fault, ScriptedLLM
+from cdra_plugin.stub.judge import scripted_judge, scripted_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFEVAL_PROMPTS = ROOT.parent / "shared" / "data" / "prefeval_prompts"
@@ -33,7 +33,7 @@ def servers():
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    assert main(["data", "prepare", "--input", str(ROOT / "examples" / "deeppref_sample"), "--output", str(out),
+    assert main(["data", "prepare", "--input", str(ROOT / "cdra_plugin" / "demo" / "samples"), "--output", str(out),
                  "--eval-size", "4"]) == 0  # fmt: skip
     return out / "eval.jsonl"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from cdra_plugin.cdpa.prompts import policy_prompt
 from cdra_plugin.eval.answers import answer_problem, parse_answer
 from cdra_plugin.eval.baselines import build_prompt, load_shots, pair_key
 from cdra_plugin.eval.prompts import CHECKS, DEFAULT_PROMPTS, PREFEVAL_FILES, check_template, load_prompts
-from cdra_plugin.prompts import policy_prompt
 
 PREFEVAL_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "prefeval_prompts"
 

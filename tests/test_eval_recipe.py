@@ -12,9 +12,9 @@ import pytest
 from cdra_plugin.eval.baselines import MODES
 from cdra_plugin.eval.metrics import METRICS
 from cdra_plugin.eval.prompts import CHECKS
-from cdra_plugin.testing import ScriptedLLM
-from cdra_plugin.testing.judge import scripted_judge
-from cdra_plugin.testing.processes import free_port
+from cdra_plugin.stub import ScriptedLLM
+from cdra_plugin.stub.judge import scripted_judge
+from cdra_plugin.stub.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "eval.sh"
@@ -154,7 +154,7 @@ def test_recipe_serves_generates_judges_reports_and_names_the_best(tmp_path, set
             f.unlink()
         (save / "ckpt" / step).rmdir()
     with ScriptedLLM(scripted_judge(), model="judge") as judge:
-        stand_ins = {"VLLM": f"{sys.executable} -m cdra_plugin.testing", "VLLM_EXTRA_ARGS": "--role policy",
+        stand_ins = {"VLLM": f"{sys.executable} -m cdra_plugin.stub", "VLLM_EXTRA_ARGS": "--role policy",
                      "CDRA": f"{sys.executable} -m cdra_plugin.cli", "PYTHON": sys.executable,
                      "GPU_CHECK": "0"}  # fmt: skip
         settings = {"JUDGE_URL": judge.base_url, "VLLM_PORT": str(free_port()), "N_SAMPLES": "2", "TEMPERATURE": "1",

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from cdra_plugin.cli import main
-from cdra_plugin.testing import ScriptedLLM
-from cdra_plugin.testing.judge import scripted_judge, scripted_policy
+from cdra_plugin.stub import ScriptedLLM
+from cdra_plugin.stub.judge import scripted_judge, scripted_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = 24

@@ -37,8 +37,8 @@ def test_host_version_mismatch_fails_loudly(monkeypatch):
 
 def test_core_does_not_import_the_host():
     code = (
-        "import sys, cdra_plugin.steps, cdra_plugin.advantage, cdra_plugin.prompts, cdra_plugin.carrier, "
-        "cdra_plugin.detok, cdra_plugin.traces, cdra_plugin.cli; "
+        "import sys, cdra_plugin.cdpa.steps, cdra_plugin.cdpa.advantage, cdra_plugin.cdpa.prompts, "
+        "cdra_plugin.cdpa.carrier, cdra_plugin.cdpa.detok, cdra_plugin.traces, cdra_plugin.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('openrlhf', 'deepspeed', 'vllm', 'ray')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

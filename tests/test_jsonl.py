@@ -1,4 +1,4 @@
-"""The one resumable JSON Lines writer/reader (``cdra_plugin.jsonl``) that `cdra prm score`, `cdra eval` and the
+"""The one resumable JSON Lines writer/reader (``cdra_plugin.io.jsonl``) that `cdra prm score`, `cdra eval` and the
 `cdra build` journal share: append + fsync per record, torn last line repaired atomically, damage named by line."""
 
 import json
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cdra_plugin.jsonl import Appender, read_rows, resume_rows
+from cdra_plugin.io.jsonl import Appender, read_rows, resume_rows
 
 
 def write(path, *records, tail=b""):

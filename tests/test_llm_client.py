@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
+from hostile import HostileLLM, Raw, completion_json
 
-from cdra_plugin.llm import LLMCallError, LLMClient, normalize_base_url, public_url
+from cdra_plugin.llm.client import LLMCallError, LLMClient, normalize_base_url, public_url
 from cdra_plugin.prm.metrics import Metrics
-from cdra_plugin.testing import Fault, ScriptedLLM, score_text
-from cdra_plugin.testing.hostile import HostileLLM, Raw, completion_json
+from cdra_plugin.stub import Fault, ScriptedLLM, score_text
 
 FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 

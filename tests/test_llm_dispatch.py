@@ -1,14 +1,14 @@
 """LLMClient scheduling against scripted servers: the circuit breaker, first come first served by priority (retries
-keep theirs), prefix-cache affinity that never overloads a backend (cdra_plugin.dispatch)."""
+keep theirs), prefix-cache affinity that never overloads a backend (cdra_plugin.llm.dispatch)."""
 
 import asyncio
 import random
 import socket
 import time
 
-from cdra_plugin.dispatch import Backend, Dispatcher
-from cdra_plugin.llm import LLMClient
-from cdra_plugin.testing import Fault, ScriptedLLM
+from cdra_plugin.llm.client import LLMClient
+from cdra_plugin.llm.dispatch import Backend, Dispatcher
+from cdra_plugin.stub import Fault, ScriptedLLM
 
 FAST = {"timeout": 2.0, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 

@@ -1,11 +1,11 @@
-"""The bounded worker pool (``cdra_plugin.pool.for_each``) that `cdra prm score`, `cdra eval` and `cdra build` run
+"""The bounded worker pool (``cdra_plugin.io.pool.for_each``) that `cdra prm score`, `cdra eval` and `cdra build` run
 their jobs through: each job once, at most N in flight, and the first error stops the others before it propagates."""
 
 import asyncio
 
 import pytest
 
-from cdra_plugin.pool import for_each
+from cdra_plugin.io.pool import for_each
 
 
 def test_every_item_runs_once_with_at_most_parallel_in_flight():

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cdra_plugin.cli import main
-from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
-from cdra_plugin.testing.processes import free_port
+from cdra_plugin.stub import Fault, ScriptedLLM, prm_step_judge
+from cdra_plugin.stub.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-SECRET-api-key-7731"
@@ -24,7 +24,7 @@ TOKEN = "gw-SECRET-token-9920"
 LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where to go?", "id": "x1"})
 
 
-# torch (imported by cdra_plugin.steps today) warns about pynvml on import; not the gateway's output under test
+# torch (imported by cdra_plugin.cdpa.steps today) warns about pynvml on import; not the gateway's output under test
 QUIET = {"PYTHONWARNINGS": "ignore:The pynvml package is deprecated:FutureWarning"}
 
 
@@ -316,7 +316,7 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
     (model / "config.json").write_text("{}")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cdra_plugin.testing "$@"\n')
+    (bin_dir / "vllm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cdra_plugin.stub "$@"\n')
     (bin_dir / "cdra").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cdra_plugin.cli "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from prm_helpers import LABEL, PROMPT, P, Q, post, reward_body, serving
 
-from cdra_plugin.carrier import decode_step_scores
-from cdra_plugin.prompts import prm_prompt
-from cdra_plugin.testing import Fault, ScriptedLLM, prm_step_judge
+from cdra_plugin.cdpa.carrier import decode_step_scores
+from cdra_plugin.cdpa.prompts import prm_prompt
+from cdra_plugin.stub import Fault, ScriptedLLM, prm_step_judge
 
 
 def test_get_reward_protocol_dense_reward_and_carrier(prm):

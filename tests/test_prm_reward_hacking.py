@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prm_helpers import post, reward_body, rewards, serving
 
-from cdra_plugin.testing import ScriptedLLM, score_text
+from cdra_plugin.stub import ScriptedLLM, score_text
 
 HEADER = "New Thought to Evaluate:"
 WORD_SCORES = {"good": 0.8, "poor": -0.6}  # same length: only the words' scores differ

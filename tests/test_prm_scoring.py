@@ -4,13 +4,13 @@ import asyncio
 
 import pytest
 
+from cdra_plugin.cdpa.prompts import prm_prompt, strip_end_tokens
 from cdra_plugin.cli import build_parser
-from cdra_plugin.llm import LLMClient
+from cdra_plugin.llm.client import LLMClient
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
 from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template
-from cdra_plugin.prompts import prm_prompt, strip_end_tokens
-from cdra_plugin.testing import ScriptedLLM
+from cdra_plugin.stub import ScriptedLLM
 
 
 def scorer(**kw):

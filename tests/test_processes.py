@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from cdra_plugin.testing.processes import free_port, start_server, stop_servers
+from cdra_plugin.stub.processes import free_port, start_server, stop_servers
 
 
 def test_a_server_is_returned_once_healthy_and_stopped_on_request(tmp_path):
     port = free_port()
-    argv = [sys.executable, "-m", "cdra_plugin.testing", "serve", "m", "--port", str(port)]
+    argv = [sys.executable, "-m", "cdra_plugin.stub", "serve", "m", "--port", str(port)]
     proc = start_server(argv, f"http://127.0.0.1:{port}/v1/models", log=tmp_path / "s.log")
     assert proc.poll() is None
     stop_servers([proc])
@@ -36,10 +36,10 @@ def test_the_scripted_server_says_in_one_line_that_its_port_is_taken():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = [sys.executable, "-m", "cdra_plugin.testing", "serve", "m", "--port", str(port)]
+        argv = [sys.executable, "-m", "cdra_plugin.stub", "serve", "m", "--port", str(port)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"python -m cdra_plugin.testing: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        f"python -m cdra_plugin.stub: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "pick another --port"
     ]

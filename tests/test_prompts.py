@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdra_plugin.prompts import (
+from cdra_plugin.cdpa.prompts import (
     NO_PREVIOUS_STEPS,
     POLICY_TEMPLATE,
     PRM_TEMPLATE,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdra_plugin.testing.processes import free_port
+from cdra_plugin.stub.processes import free_port
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -11,11 +11,11 @@ import pytest
 from cdpa_host import host_args
 from recipe_helpers import gateway, write_prompts
 
-from cdra_plugin.testing.processes import free_port
+from cdra_plugin.stub.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-SAMPLE = ROOT / "examples" / "deeppref_sample"
+SAMPLE = ROOT / "cdra_plugin" / "demo" / "samples"
 
 
 def run_recipe(name, tmp_path, **env):

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdra_plugin.align import align_steps
-from cdra_plugin.prompts import DEFAULT_END_TOKENS, strip_end_tokens
-from cdra_plugin.steps import _MARKER_LINE, Step, segment_steps
+from cdra_plugin.cdpa.align import align_steps
+from cdra_plugin.cdpa.prompts import DEFAULT_END_TOKENS, strip_end_tokens
+from cdra_plugin.cdpa.steps import _MARKER_LINE, Step, segment_steps
 
 CORPUS = [json.loads(line) for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open(encoding="utf-8")]
 
@@ -35,7 +35,7 @@ def assert_tiles(text: str, steps: list[Step]) -> None:
 def test_segmentation_and_the_carrier_load_neither_torch_nor_numpy():
     # the gateway segments and encodes the carrier; it must start without the trainer's stack
     code = (
-        "import sys, cdra_plugin.steps, cdra_plugin.carrier; "
+        "import sys, cdra_plugin.cdpa.steps, cdra_plugin.cdpa.carrier; "
         "print([m for m in ('torch', 'numpy') if m in sys.modules])"
     )
     root = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ _CONTENT_CHAR = re.compile(r"[^\W_]")
 
 
 def reference_segment(text: str, max_steps: int | None) -> list[Step]:
-    """The rules of ``cdra_plugin.steps``, written line by line without its single-pass scan."""
+    """The rules of ``cdra_plugin.cdpa.steps``, written line by line without its single-pass scan."""
     end = len(text)
     while True:  # trailing whitespace and end-of-sequence texts are not content
         end = len(text[:end].rstrip())

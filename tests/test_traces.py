@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cdra_plugin.cli import main
-from cdra_plugin.testing import ScriptedLLM, prm_step_judge
+from cdra_plugin.stub import ScriptedLLM, prm_step_judge
 from cdra_plugin.traces import append_trace, trace_problem
 from cdra_plugin.traces.cli import load, render
 

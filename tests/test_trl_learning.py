@@ -16,10 +16,10 @@ pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'cdra-p
 from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from cdra_plugin.advantage import cdpa_advantages  # noqa: E402
-from cdra_plugin.align import align_steps  # noqa: E402
-from cdra_plugin.testing import ScriptedRequest  # noqa: E402
-from cdra_plugin.trl.learn import MODES, TARGET, G, build_policy, judge, learning_curve  # noqa: E402
+from cdra_plugin.cdpa.advantage import cdpa_advantages  # noqa: E402
+from cdra_plugin.cdpa.align import align_steps  # noqa: E402
+from cdra_plugin.demo.learn import MODES, TARGET, G, build_policy, judge, learning_curve  # noqa: E402
+from cdra_plugin.stub import ScriptedRequest  # noqa: E402
 from cdra_plugin.trl.reward import GatewayReward  # noqa: E402
 from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer  # noqa: E402
 

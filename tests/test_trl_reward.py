@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cdra_plugin.align import align_steps
+from cdra_plugin.cdpa.align import align_steps
 from cdra_plugin.cli import build_parser
 from cdra_plugin.prm.cli import build_gateway
 from cdra_plugin.prm.server import create_app
-from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
 from cdra_plugin.trl.reward import GatewayReward
 
 FAST = ["--timeout", "0.5", "--retries", "1", "--backoff", "0.001", "--backoff-max", "0.002"]

@@ -18,8 +18,8 @@ from transformers import HfArgumentParser  # noqa: E402
 from cdra_plugin.cli import build_parser  # noqa: E402
 from cdra_plugin.prm.cli import build_gateway  # noqa: E402
 from cdra_plugin.prm.server import create_app  # noqa: E402
-from cdra_plugin.testing import BackgroundServer, ScriptedLLM, prm_step_judge  # noqa: E402
-from cdra_plugin.testing.processes import free_port
+from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge  # noqa: E402
+from cdra_plugin.stub.processes import free_port
 from cdra_plugin.trl.train import ScriptArguments, main  # noqa: E402
 from cdra_plugin.trl.trainer import CDPAConfig  # noqa: E402
 

@@ -4,10 +4,10 @@ prefix caching, the sequence cap, and the OpenAI endpoints through the real LLMC
 import asyncio
 
 import pytest
+from sim.vllm import EngineSpec, Replica, SimulatedVLLM, critique_tokens
 
-from cdra_plugin.llm import LLMClient
-from cdra_plugin.testing import BackgroundServer, approx_tokens
-from cdra_plugin.testing.vllm_sim import EngineSpec, Replica, SimulatedVLLM, critique_tokens
+from cdra_plugin.llm.client import LLMClient
+from cdra_plugin.stub import BackgroundServer, approx_tokens
 
 SPEC = EngineSpec(step_s=0.01, step_per_seq_s=0.001, prefill_s_per_token=0.0001, max_seqs=2, block_chars=8)
 

@@ -6,7 +6,7 @@ Modules, one idea each:
 - ``loader``   files, directories and globs -> records, with ``skip_invalid``
 - ``paths``    root-to-leaf paths tau_i and R(tau) = sum_j r^j, top-k selection for D_RFT
 - ``split``    the held-out eval split (by scenario, stratified by topic, seeded)
-- ``convert``  records -> PRM SFT / RFT / RL prompt / eval rows (Figs. 14-15 prompts from ``cdra_plugin.prompts``)
+- ``convert``  records -> PRM SFT / RFT / RL prompt / eval rows (Figs. 14-15 prompts from ``cdra_plugin.cdpa.prompts``)
 - ``stats``    ``stats.json`` counts and distributions
 - ``writer``   all-or-nothing writing of several files
 - ``prepare``  the ``cdra data prepare`` pipeline; ``cli`` its command line; ``hf`` a ``datasets.DatasetDict``

@@ -2,7 +2,7 @@
 
 Usage (``cdra data prepare --help`` describes every output file):
 
-    cdra data prepare --input examples/deeppref_sample/ --output out/sample --eval-size 2
+    cdra data prepare --input cdra_plugin/demo/samples/ --output out/sample --eval-size 2
     cdra data prepare --prefeval ../shared/data/prefeval_explicit --output out/prefeval
     cdra data validate --input trees/
 """
@@ -17,7 +17,7 @@ from cdra_plugin.data.loader import InputError, load_deeppref, load_prefeval
 from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.schema import RecordError
 from cdra_plugin.data.split import SplitError
-from cdra_plugin.data.writer import DirectoryError, InterruptedAfterCommit
+from cdra_plugin.io.writer import DirectoryError, InterruptedAfterCommit
 
 SHOWN_SKIPS = 20
 PREPARE_EPILOG = """\

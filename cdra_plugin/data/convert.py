@@ -24,10 +24,10 @@ The generators below yield ``(output name, row)`` pairs and count into a :class:
 import json
 from collections.abc import Iterator
 
+from cdra_plugin.cdpa.prompts import policy_prompt, prm_prompt, prm_target, render_steps
 from cdra_plugin.data.paths import ReasoningPath, enumerate_paths, top_k_paths
 from cdra_plugin.data.schema import PreferencePair, Scenario
 from cdra_plugin.data.stats import Stats
-from cdra_plugin.prompts import policy_prompt, prm_prompt, prm_target, render_steps
 
 PRM_SFT, RFT, RL_PROMPTS, EVAL = "prm_sft.jsonl", "rft.jsonl", "rl_prompts.jsonl", "eval.jsonl"
 PRM_EXAMPLE_MODES = ("node", "path")

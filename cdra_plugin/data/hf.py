@@ -1,7 +1,7 @@
 """DeepPref as a Hugging Face ``datasets.DatasetDict``: the rows ``cdra data prepare`` writes, held in memory.
 
     from cdra_plugin.data.hf import load_deeppref_dataset
-    ds = load_deeppref_dataset("examples/deeppref_sample/", eval_size=2)
+    ds = load_deeppref_dataset("cdra_plugin/demo/samples/", eval_size=2)
     ds["prm_sft"][0]["output"][0]["content"]   # "Reasoning: ...\nSCORE: 0.78"
 
 Splits: ``prm_sft``, ``rft``, ``rl_prompts``, ``eval`` (same rows, same split, same seed semantics as the files;

@@ -23,7 +23,7 @@ from cdra_plugin.data.convert import EVAL, PRM_EXAMPLE_MODES, PRM_SFT, RFT, RL_P
 from cdra_plugin.data.loader import Loaded, load_deeppref, load_prefeval
 from cdra_plugin.data.split import eval_units, units_of
 from cdra_plugin.data.stats import Stats
-from cdra_plugin.data.writer import AtomicFiles
+from cdra_plugin.io.writer import AtomicFiles
 
 STATS = "stats.json"
 DEEPPREF_OUTPUTS = (PRM_SFT, RFT, RL_PROMPTS, EVAL)

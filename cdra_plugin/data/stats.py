@@ -14,8 +14,8 @@ target beyond them would teach the PRM answers the gateway cannot read); ``prm_s
 import math
 from collections import Counter, defaultdict
 
+from cdra_plugin.cdpa.prompts import SCORE_MAX, SCORE_MIN
 from cdra_plugin.data.paths import ReasoningPath
-from cdra_plugin.prompts import SCORE_MAX, SCORE_MIN
 
 HIST_BINS = 10
 

@@ -1,6 +1,6 @@
 """What the model under evaluation is asked: the Fig. 14 prompt, or one of the in-context baselines of Appendix C.
 
-- ``policy``: ``cdra_plugin.prompts.policy_prompt``, the very text CDPA trained on (RFT targets and RL prompts).
+- ``policy``: ``cdra_plugin.cdpa.prompts.policy_prompt``, the very text CDPA trained on (RFT targets and RL prompts).
 - ``zero-shot`` (Brown et al., 2020), ``few-shot`` (Zhao et al., 2025), ``cot`` (Wei et al., 2022): Appendix C
   describes these baselines but the paper prints none of their prompts; the three templates below are this
   project's own, written from those descriptions (the user's profile and query without examples; a few
@@ -20,8 +20,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdra_plugin.jsonl import read_rows
-from cdra_plugin.prompts import fill, policy_prompt
+from cdra_plugin.cdpa.prompts import fill, policy_prompt
+from cdra_plugin.io.jsonl import read_rows
 
 MODES = ("policy", "zero-shot", "few-shot", "cot")
 

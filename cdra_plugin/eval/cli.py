@@ -8,7 +8,7 @@
         --output out/eval/report
 
 generate and judge resume where an earlier run stopped (rerun the same command); every model call goes through the
-project's one client (cdra_plugin.llm: several backends, concurrency cap, retries with backoff, keys redacted).
+project's one client (cdra_plugin.llm.client: several backends, concurrency cap, retries with backoff, keys redacted).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-from cdra_plugin.endpoint import Endpoint
 from cdra_plugin.eval.baselines import MODES
 from cdra_plugin.eval.metrics import METRICS
 from cdra_plugin.eval.prompts import CHECKS
+from cdra_plugin.llm.options import Endpoint
 
 POLICY = Endpoint("--backend", "--model", "the model under evaluation")
 JUDGE = Endpoint("--judge", "--judge-model", "the judge")

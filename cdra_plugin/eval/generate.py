@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cdra_plugin.endpoint import connect
 from cdra_plugin.eval.baselines import MODES, build_prompt, load_shots, pair_key, row_fields
-from cdra_plugin.jsonl import Appender, read_rows, resume_rows
-from cdra_plugin.llm import LLMCallError, LLMClient
-from cdra_plugin.pool import for_each
+from cdra_plugin.io.jsonl import Appender, read_rows, resume_rows
+from cdra_plugin.io.pool import for_each
+from cdra_plugin.llm.client import LLMCallError, LLMClient
+from cdra_plugin.llm.options import connect
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 For each response every selected check (``cdra_plugin.eval.prompts``) is asked concurrently; ``hallucination``
 follows PrefEval: it is asked only when ``acknowledge`` is Yes, with the sentence the acknowledgement quoted
 (``<preference>``) as ``{assistant_restatement}``. ``{end_generation}`` is the whole response, or its last step with
-``judge_input="final"`` (steps as ``cdra_plugin.steps`` segments them).
+``judge_input="final"`` (steps as ``cdra_plugin.cdpa.steps`` segments them).
 
 Answers must be ``<answer>Yes|No</answer>`` (``cdra_plugin.eval.answers``). Anything else is retried by the shared
 client (at its retry temperature when the judge runs at 0, so a deterministic judge is not asked the same question
@@ -31,14 +31,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cdra_plugin.endpoint import connect
+from cdra_plugin.cdpa.prompts import fill
+from cdra_plugin.cdpa.steps import segment_steps
 from cdra_plugin.eval.answers import Answer, answer_problem, parse_answer
 from cdra_plugin.eval.prompts import CHECKS, load_prompts
-from cdra_plugin.jsonl import Appender, read_rows, resume_rows
-from cdra_plugin.llm import LLMCallError, LLMClient
-from cdra_plugin.pool import for_each
-from cdra_plugin.prompts import fill
-from cdra_plugin.steps import segment_steps
+from cdra_plugin.io.jsonl import Appender, read_rows, resume_rows
+from cdra_plugin.io.pool import for_each
+from cdra_plugin.llm.client import LLMCallError, LLMClient
+from cdra_plugin.llm.options import connect
 
 JUDGE_INPUTS = ("full", "final")
 _RESPONSE_FIELDS = ("id", "topic", "preference", "question", "response", "mode", "model", "sample")

@@ -21,9 +21,9 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from cdra_plugin.data.writer import AtomicFiles
 from cdra_plugin.eval.metrics import LOWER_IS_BETTER, METRICS, compare
-from cdra_plugin.jsonl import read_rows
+from cdra_plugin.io.jsonl import read_rows
+from cdra_plugin.io.writer import AtomicFiles
 
 LABELS = {
     "acc_pf": "Acc_PF",

@@ -1,7 +1,7 @@
 """The only part of cdra-plugin that knows OpenRLHF (paper Section 2.4 on the host's machinery):
 
-- ``config``            ``CDPAConfig``: every ``--cdpa.*`` option, default and check (imports no OpenRLHF)
-- ``train``             ``cdra-train``: the host's ``train_ppo_ray`` plus the ``cdpa`` estimator
+- ``train``             ``cdra-train``: the host's ``train_ppo_ray`` plus the ``cdpa`` estimator (its ``--cdpa.*``
+                        options are ``cdra_plugin.cdpa.config.CDPAConfig``'s)
 - ``experience_maker``  ``CDPAExperienceMaker``: the host's ``RemoteExperienceMaker`` with Eq. 3's advantages
 - ``trainer``           the host's sync and async trainers with that experience maker installed
 - ``tracer``            critique traces of sampled responses (format: ``cdra_plugin.traces``)

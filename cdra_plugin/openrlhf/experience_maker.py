@@ -3,7 +3,7 @@
 Paper Section 2.4, Steps 3-4. The host's group estimators (``group_norm`` = GRPO) give every token of a response
 the same normalised scalar reward; CDPA gives token t the score of the reasoning step holding it,
 r_{i,t} = r_i^{step(t)}, and normalises per token position across the G responses of a prompt
-(``cdra_plugin.advantage.cdpa_advantages``, mode from ``--cdpa.mode``).
+(``cdra_plugin.cdpa.advantage.cdpa_advantages``, mode from ``--cdpa.mode``).
 
 Only ``compute_advantages_and_returns`` changes (and a check before ``make_experience_batch``), and only for
 ``--algo.advantage.estimator cdpa``; every other estimator runs the host's code untouched. ``from_host`` builds it
@@ -11,11 +11,11 @@ from the host's own experience maker (its state copied, no constructor argument 
 trainers install it (``cdra_plugin.openrlhf.trainer``). Options: ``args.cdpa``, a ``CDPAConfig``. For ``cdpa``, per
 batch:
 
-1. The step scores come from the gateway through the ``extra_logs`` carrier (``cdra_plugin.carrier``); the keys
+1. The step scores come from the gateway through the ``extra_logs`` carrier (``cdra_plugin.cdpa.carrier``); the keys
    are removed from ``info`` once read.
 2. Each response is decoded from its action tokens (special tokens kept, the text the gateway saw), segmented
    at the carrier's width, and every action token gets its step through the tokenizer's offsets, all in one
-   batched call (``cdra_plugin.align``). A step count that disagrees with the gateway's is a failure.
+   batched call (``cdra_plugin.cdpa.align``). A step count that disagrees with the gateway's is a failure.
 3. Host length penalties (DAPO overlong, ProRL stop-properly) change the scalar reward as in the host; that change
    is added to every step score of the sample.
 4. Responses are laid out by response position (token t = t-th generated token) in the host's group order
@@ -39,9 +39,9 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.utils.logging_utils import init_logger
 
-from cdra_plugin.advantage import cdpa_advantages
-from cdra_plugin.align import align_steps
-from cdra_plugin.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
+from cdra_plugin.cdpa.advantage import cdpa_advantages
+from cdra_plugin.cdpa.align import align_steps
+from cdra_plugin.cdpa.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
 from cdra_plugin.openrlhf.tracer import CritiqueTracer
 
 logger = init_logger(__name__)
@@ -146,7 +146,7 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
         scores, num_steps, failed = decode_step_scores(exp.info)
         width = scores.shape[1]
         pop_carrier(exp.info)
-        # the action tokens of every row, aligned with their steps in one batched call (cdra_plugin.align)
+        # the action tokens of every row, aligned with their steps in one batched call (cdra_plugin.cdpa.align)
         actions = [exp.sequences[i, 1:][exp.action_mask[i].bool()] for i in range(exp.sequences.shape[0])]
         out = []
         for i, (text, steps, step_of_token) in enumerate(align_steps(self.tokenizer, actions, max_steps=width)):

@@ -22,8 +22,8 @@ import httpx
 import torch
 from openrlhf.utils.logging_utils import init_logger
 
+from cdra_plugin.cdpa.prompts import strip_end_tokens
 from cdra_plugin.prm.protocol import first_critiques, score_request
-from cdra_plugin.prompts import strip_end_tokens
 from cdra_plugin.traces import append_trace
 
 logger = init_logger(__name__)

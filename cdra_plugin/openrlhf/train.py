@@ -9,7 +9,7 @@ Every host option is OpenRLHF's own, parsed and validated by OpenRLHF's own code
 ``if __name__ == "__main__":`` (no function to call), so this command runs that very module as ``__main__``
 (``runpy``) after three steps of its own:
 
-1. ``--cdpa.*`` options are parsed here into a ``CDPAConfig`` (``cdra_plugin.openrlhf.config``) and removed from
+1. ``--cdpa.*`` options are parsed here into a ``CDPAConfig`` (``cdra_plugin.cdpa.config``) and removed from
    what the host sees; they are refused without ``--algo.advantage.estimator cdpa``, where they would do nothing;
 2. ``--algo.advantage.estimator cdpa`` is shown to the host's parser as ``group_norm``, the host estimator with the
    same requirements (groups of ``n_samples_per_prompt >= 2``, no critic), so the host validates everything else;
@@ -26,7 +26,7 @@ import contextlib
 import runpy
 import sys
 
-from cdra_plugin.openrlhf.config import PREFIX, CDPAConfig
+from cdra_plugin.cdpa.config import PREFIX, CDPAConfig
 
 ESTIMATOR_OPTION = "--algo.advantage.estimator"
 HOST_STAND_IN = "group_norm"

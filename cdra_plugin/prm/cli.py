@@ -17,10 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
-from cdra_plugin.endpoint import Endpoint
+from cdra_plugin.cdpa.prompts import DEFAULT_END_TOKENS
+from cdra_plugin.llm.options import Endpoint
 from cdra_plugin.prm import limits
 from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
-from cdra_plugin.prompts import DEFAULT_END_TOKENS
 
 # The serving stack (aiohttp, fastapi, uvicorn) is imported when a command runs, so `--help` is instant.
 
@@ -174,7 +174,7 @@ def _logging(level: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cdra_plugin.llm import api_key_from_env
+    from cdra_plugin.llm.client import api_key_from_env
     from cdra_plugin.prm.server import bind, create_app, serve
 
     _logging(args.log_level)

@@ -11,7 +11,7 @@ result (steps with spans, texts, critiques, scores, failures; reward, score, out
 as ``cdra prm serve`` (``cdra_plugin.prm.gateway``). The whole input is validated before any PRM call; errors name
 the file, line and field.
 
-Resumable (``cdra_plugin.jsonl``): ids already in the output are skipped; each record is appended, flushed and
+Resumable (``cdra_plugin.io.jsonl``): ids already in the output are skipped; each record is appended, flushed and
 fsync'ed as it completes, so an interruption loses at most the line being written, and a torn last line is repaired
 on the next run. ``--retry-failed`` scores the records whose outcome was ``dropped`` or ``fallback`` again (after an
 outage): they leave the output first, in the same atomic repair. Under ``--failure-policy fail`` the first failed
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cdra_plugin.jsonl import Appender, read_rows, resume_rows
-from cdra_plugin.pool import for_each
+from cdra_plugin.io.jsonl import Appender, read_rows, resume_rows
+from cdra_plugin.io.pool import for_each
 from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.policy import SampleFailed
 from cdra_plugin.prm.protocol import (

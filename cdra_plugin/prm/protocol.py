@@ -16,7 +16,7 @@ Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns eac
   length-weighted mean, which splitting a response into more steps cannot inflate; ``sum`` = the paper's R_dense);
 - ``scores``: (step average + 1) / 2 in [0, 1] (the average length-weighted under ``length_mean``), for OpenRLHF's
   dynamic filtering;
-- ``extra_logs``: the per-step carrier block of ``cdra_plugin.carrier`` (``cdpa_*`` keys, width ``--max-steps``,
+- ``extra_logs``: the per-step carrier block of ``cdra_plugin.cdpa.carrier`` (``cdpa_*`` keys, width ``--max-steps``,
   popped by the CDPA experience maker) and, for the training logs, ``prm_num_steps``, ``prm_mean_step_score``,
   ``prm_min_step_score`` (over the scores the sample is rewarded with; for a dropped sample, over its scored steps,
   0.0 if none), ``prm_failures`` (failed steps) and ``prm_empty`` (1.0 for a response with no content, scored -1
@@ -33,7 +33,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from cdra_plugin.carrier import encode_step_scores
+from cdra_plugin.cdpa.carrier import encode_step_scores
 from cdra_plugin.prm.policy import Outcome
 from cdra_plugin.prm.reward import aggregate, step_average, step_length
 from cdra_plugin.prm.scoring import SampleResult

@@ -1,9 +1,9 @@
 """Step-wise scoring of one response with the Pers-GenPRM (paper Sec. 2.3, Eq. 1; Appendix D's sampled critiques).
 
-For a response with steps s^1..s^T (``cdra_plugin.steps.segment_steps``, at most ``max_steps`` of them), step j is
+For a response with steps s^1..s^T (``cdra_plugin.cdpa.steps.segment_steps``, at most ``max_steps`` of them), step j is
 judged from the Fig. 15 prompt filled with (P, q, tau<=j): steps 1..j-1 as context, step j as the one to judge
-(``cdra_plugin.prompts.prm_prompt``: the policy's text quoted, chat-template tokens neutralised). The T prompts are
-sent concurrently; each asks for ``k`` critiques (default 1, greedy) whose scores (``parse_score``: the final
+(``cdra_plugin.cdpa.prompts.prm_prompt``: the policy's text quoted, chat-template tokens neutralised). The T prompts
+are sent concurrently; each asks for ``k`` critiques (default 1, greedy) whose scores (``parse_score``: the final
 line's plain number in [-1, 1], nothing else) are aggregated by mean or median. An output without such a score is
 rejected and retried like a transient fault, at the client's retry temperature (> 0) when sampling is greedy; with
 k > 1 the step needs at least one parsable critique, the unparsable ones are listed as ``None`` in
@@ -30,8 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cdra_plugin.llm import LLMCallError, LLMClient
-from cdra_plugin.prompts import (
+from cdra_plugin.cdpa.prompts import (
     DEFAULT_END_TOKENS,
     PRM_TEMPLATE,
     SCORE_MIN,
@@ -41,7 +40,8 @@ from cdra_plugin.prompts import (
     prm_prompt,
     strip_end_tokens,
 )
-from cdra_plugin.steps import segment_steps
+from cdra_plugin.cdpa.steps import segment_steps
+from cdra_plugin.llm.client import LLMCallError, LLMClient
 
 TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
 EMPTY_SCORE = SCORE_MIN  # what a response with no content gets, without a PRM call

@@ -4,7 +4,7 @@ Endpoints (FastAPI; run with ``cdra prm serve``; the logic behind them is ``cdra
 
 - ``POST /get_reward``: OpenRLHF's remote RM protocol (``cdra_plugin.prm.protocol``), so
   ``--reward.remote_url http://HOST:PORT/get_reward`` works with any OpenRLHF estimator; the step scores reach the
-  CDPA experience maker through the ``extra_logs`` carrier (``cdra_plugin.carrier``).
+  CDPA experience maker through the ``extra_logs`` carrier (``cdra_plugin.cdpa.carrier``).
 - ``POST /score``: the full per-step result (step spans, texts, critiques, scores, failures, latency).
 - ``GET /health``: probes every backend (``GET /v1/models``); 200 when at least one serves the model, else 503.
 - ``GET /metrics``: Prometheus text (``cdra_plugin.prm.metrics``).

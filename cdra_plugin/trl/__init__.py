@@ -4,6 +4,7 @@
 - ``reward.GatewayReward``: ``reward_funcs=[GatewayReward("http://127.0.0.1:5000/get_reward", tokenizer)]``
   works with TRL's own ``GRPOTrainer`` (the GRPO baseline on R_dense);
 - ``trainer.CDPAGRPOTrainer`` / ``trainer.CDPAConfig``: the same run with the advantage of Eq. 3;
-- ``train``: the command ``recipes/train_cdpa_trl.sh`` launches with ``accelerate launch``;
-- ``learn.learning_curve``: a tiny policy learning from a scripted PRM through the real gateway, on a CPU.
+- ``train``: the command ``recipes/train_cdpa_trl.sh`` launches with ``accelerate launch``.
+
+A tiny policy learning through ``CDPAGRPOTrainer`` on a CPU is ``cdra_plugin.demo.learn``.
 """

@@ -28,12 +28,12 @@ from typing import Any, NamedTuple
 import httpx
 import torch
 
-from cdra_plugin.carrier import decode_step_scores
-from cdra_plugin.llm import public_url
+from cdra_plugin.cdpa.carrier import decode_step_scores
+from cdra_plugin.llm.client import public_url
 
 
 class GatewayBatch(NamedTuple):
-    """One reward call: the completions' ids and the gateway's step scores for each (``cdra_plugin.carrier``)."""
+    """One reward call: the completions' ids and the gateway's step scores for each (``cdra_plugin.cdpa.carrier``)."""
 
     completion_ids: list[list[int]]
     scores: torch.Tensor  # (B, W) step scores r_i^j, 0.0 after num_steps

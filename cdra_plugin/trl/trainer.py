@@ -3,17 +3,17 @@
 TRL's ``GRPOTrainer`` normalises one scalar reward per completion within its group and gives that advantage to
 every token. ``CDPAGRPOTrainer`` gives token t of completion i the score of the step holding it,
 r_{i,t} = r_i^{step(t)}, from the Pers-GenPRM gateway (``GatewayReward``), and replaces TRL's (B,) advantages by
-the (B, T) ones of ``cdra_plugin.advantage.cdpa_advantages`` (``CDPAConfig.cdpa_mode``: ``token_position`` = Eq. 3,
-``group_steps``, ``process`` = App. D, ``outcome`` = GRPO on the aggregated step scores). TRL's loss takes (B, T)
-advantages as they are, so the PPO-clipped objective of Step 5 and the KL term (``beta``) stay TRL's own.
+the (B, T) ones of ``cdra_plugin.cdpa.advantage.cdpa_advantages`` (``CDPAConfig.cdpa_mode``: ``token_position`` =
+Eq. 3, ``group_steps``, ``process`` = App. D, ``outcome`` = GRPO on the aggregated step scores). TRL's loss takes
+(B, T) advantages as they are, so the PPO-clipped objective of Step 5 and the KL term (``beta``) stay TRL's own.
 
 The hook is one override, ``_generate_and_score_completions``: TRL generates, scores through the reward function
 and builds the batch; this method then swaps the ``advantages`` entry before TRL buffers and shuffles the batch.
 Per batch, on the same path as OpenRLHF's (``cdra_plugin.openrlhf.experience_maker``):
 
 1. The gateway's step scores come from the reward call (``GatewayReward.last``), for exactly these completion ids.
-2. ``cdra_plugin.align.align_steps`` decodes the ids (special tokens kept: the text the gateway saw), segments them
-   with the gateway's ``--max-steps`` and gives every token its step. A step count that disagrees with the
+2. ``cdra_plugin.cdpa.align.align_steps`` decodes the ids (special tokens kept: the text the gateway saw), segments
+   them with the gateway's ``--max-steps`` and gives every token its step. A step count that disagrees with the
    gateway's is counted (``cdpa/mismatch_frac``) and the completion left out, never guessed.
 3. Completions the gateway dropped (reward ``None``), mismatched ones and those TRL masks from the loss
    (``mask_truncated_completions``) take no part in the group statistics and get zero advantage.
@@ -40,8 +40,8 @@ try:
 except ImportError as exc:  # an optional extra
     raise ImportError(f"cdra_plugin.trl needs TRL ({exc}): pip install 'cdra-plugin[trl]'") from exc
 
-from cdra_plugin.advantage import MODES, OUTCOME_AGGREGATIONS, cdpa_advantages
-from cdra_plugin.align import AlignedResponse, align_steps
+from cdra_plugin.cdpa.advantage import MODES, OUTCOME_AGGREGATIONS, cdpa_advantages
+from cdra_plugin.cdpa.align import AlignedResponse, align_steps
 from cdra_plugin.trl.reward import GatewayBatch, GatewayReward
 
 TRL_VERSION = "1.16.0"  # the release whose GRPOTrainer internals this subclass was written against

@@ -14,7 +14,7 @@ check_vllm_values() {
 
 vllm_command() {  # MODEL NAME PORT TP [OPTION...]: the quoted `vllm serve` command line
   local words extra
-  read -r -a words <<<"$VLLM"  # words are split: VLLM="python -m cdra_plugin.testing" works
+  read -r -a words <<<"$VLLM"  # words are split: VLLM="python -m cdra_plugin.stub" works
   read -r -a extra <<<"$VLLM_EXTRA_ARGS"
   printf '%q ' "${words[@]}" serve "$1" --served-model-name "$2" --host "$VLLM_HOST" --port "$3" \
     --tensor-parallel-size "$4" --gpu-memory-utilization "$GPU_MEMORY_UTILIZATION" --max-model-len "$MAX_MODEL_LEN" \
