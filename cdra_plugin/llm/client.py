@@ -55,6 +55,8 @@ from cdra_plugin.llm.dispatch import Backend, Dispatcher
 # Failure kinds; the transient ones are retried.
 TRANSIENT_KINDS = ("timeout", "connection", "rate_limited", "server_error", "unparsable", "bad_response")
 FAILURE_KINDS = (*TRANSIENT_KINDS, "client_error")
+# Kinds that no retry of the same request fixes: a run that sees one should stop and show the server's message.
+FATAL_KINDS = ("client_error",)
 PROMPT_FORMATS = ("chat", "completion")
 _KEEPALIVE_S = 4.0  # below the 5 s keep-alive of uvicorn (vLLM's server), so a pooled connection is not stale
 
