@@ -111,6 +111,7 @@ def test_whole_chain_generate_judge_report(servers, eval_data, tmp_path, capsys)
     assert csv_lines[0] == "run,metric,value,ci_lo,ci_hi,n,excluded" and len(csv_lines) == 1 + 4 * 10
     md = (report_dir / "report.md").read_text()
     assert "| run | responses | Acc_PF ↑ | Acc_DA ↑ | Acc_Mis ↓ | m_th ↑ | m_dm ↑ | m_ie ↑ |" in md
+    assert md.count("\n- **") == 4 and "seed none, n 2, shots none); cdra-plugin" in md  # a protocol line per run
     for png in ("radar.png", "errors.png"):
         image = matplotlib.image.imread(report_dir / png)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300

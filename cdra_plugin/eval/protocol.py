@@ -114,6 +114,8 @@ def _sha(value):
 
 
 def _number(value) -> str:
+    if value is None:
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
