@@ -42,13 +42,14 @@ JUDGE_MODEL=${JUDGE_MODEL:-}
 JUDGE_API_KEY_ENV=${JUDGE_API_KEY_ENV:-}            # name of the env var holding the judge's API key
 JUDGE_CONCURRENCY=${JUDGE_CONCURRENCY:-32}
 CHECKS=${CHECKS:-}                                  # comma-separated subset of the eight checks (default all)
-PROMPT_DIR=${PROMPT_DIR:-}                          # judge prompts replacing the built-in ones
+PROMPT_DIR=${PROMPT_DIR:-}                          # judge prompts replacing the built-in ones (PrefEval's four
+                                                    # check_*.txt for numbers comparable with the paper's PrefEval rows)
 JUDGE_INPUT=${JUDGE_INPUT:-full}                    # full | final (the last step only)
 
 # --- report and selection
 SELECT_BY=${SELECT_BY:-acc_da}
-BOOTSTRAP=${BOOTSTRAP:-1000}
 BASELINES=${BASELINES:-}                            # more runs for the report: "NAME=JUDGMENTS.jsonl ..."
+ALLOW_MIXED=${ALLOW_MIXED:-0}                       # 1: report runs judged with other judges or prompts (marked)
 
 # --- serving (one vLLM server per checkpoint, tensor parallel over GPUS)
 GPUS=${GPUS:-0}
@@ -132,7 +133,7 @@ check_inputs() {
   [[ -z $PROMPT_DIR || -d $PROMPT_DIR ]] || die "PROMPT_DIR=$PROMPT_DIR is not a folder (of judge prompt files)"
   need_choice JUDGE_INPUT full final
   need_choice SELECT_BY acc_pf acc_da acc_mis m_th m_dm m_ie e_puv e_hp e_ir e_ur
-  need_int BOOTSTRAP 0
+  need_choice ALLOW_MIXED 0 1
   local run
   for run in $BASELINES; do
     [[ $run == ?*=?* && -f ${run#*=} ]] || die "BASELINES: '$run' is not NAME=<judgments file that exists>"
@@ -154,7 +155,7 @@ build_commands() {  # per checkpoint i: SERVE_CMDS[i], GEN_CMDS[i], JUDGE_CMDS[i
   [[ -z $LIMIT ]] || gen_args+=(--limit "$LIMIT")
   [[ $MODE != few-shot ]] || gen_args+=(--shots "$SHOTS" --k "$K")
   local judge_args=(--judge "$JUDGE_URL" --judge-model "$JUDGE_MODEL" --concurrency "$JUDGE_CONCURRENCY"
-    --judge-input "$JUDGE_INPUT")
+    --judge-input "$JUDGE_INPUT" --retry-failed)
   [[ -z $JUDGE_API_KEY_ENV ]] || judge_args+=(--api-key-env "$JUDGE_API_KEY_ENV")
   [[ -z $CHECKS ]] || judge_args+=(--checks "$CHECKS")
   [[ -z $PROMPT_DIR ]] || judge_args+=(--prompt-dir "$PROMPT_DIR")
@@ -174,7 +175,8 @@ build_commands() {  # per checkpoint i: SERVE_CMDS[i], GEN_CMDS[i], JUDGE_CMDS[i
   done
   read -r -a baselines <<<"$BASELINES"
   REPORT_CMD=("${cdra[@]}" eval report --runs "${baselines[@]}" "${RUNS[@]}" --output "$OUT_DIR/report"
-    --bootstrap "$BOOTSTRAP" --seed "$SEED" --select-by "$SELECT_BY")
+    --select-by "$SELECT_BY")
+  [[ $ALLOW_MIXED == 0 ]] || REPORT_CMD+=(--allow-mixed)
 }
 
 generate() {  # I: serve checkpoint I, generate its responses, stop the server
@@ -231,7 +233,7 @@ done
 for i in "${!JUDGES[@]}"; do
   if ! wait "${JUDGES[i]}"; then
     tail -n 5 "$LOG_DIR/judge_${NAMES[i]}.log" >&2 || true
-    die "judging ${NAMES[i]} failed; its log: $LOG_DIR/judge_${NAMES[i]}.log (rerun to resume)"
+    die "judging ${NAMES[i]} failed or left null verdicts; its log: $LOG_DIR/judge_${NAMES[i]}.log (rerun: finished judgments are kept, null verdicts are asked again)"
   fi
   tail -n 1 "$LOG_DIR/judge_${NAMES[i]}.log"
 done

@@ -200,7 +200,7 @@ def test_siblings_with_the_same_text_are_pruned_as_duplicates():
             return ["Same deeper need.", "same  deeper need."]
         return ScriptedCouncil()(request)
 
-    with ScriptedLLM(script) as server:
+    with ScriptedLLM(script, model="council") as server:
         built = build(server, TreeShape(depth=2, keep_top=None, prune_below=None))
     duplicates = [n for n in built.record["pruned_nodes"] if n["pruned"] == "duplicate"]
     assert len(duplicates) == 5 and all("score" not in n for n in duplicates)

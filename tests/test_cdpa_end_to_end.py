@@ -48,7 +48,7 @@ def prompt_text(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def gateway_url():
-    with ScriptedLLM(prm_step_judge(default=0.5)) as llm:
+    with ScriptedLLM(prm_step_judge(default=0.5), model="prm") as llm:
         argv = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--max-steps", "8"]
         gateway = build_gateway(build_parser().parse_args(argv + FAST + ["--failure-policy", "drop"]))
         with BackgroundServer(create_app(gateway)) as server:

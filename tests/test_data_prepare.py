@@ -253,6 +253,35 @@ def test_existing_outputs_are_not_overwritten_silently(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "rl_prompts.jsonl", "stats.json"]
 
 
+def test_an_output_in_the_input_is_refused_naming_both_paths(tmp_path, capsys):
+    trees = tmp_path / "trees"
+    trees.mkdir()
+    for source in SAMPLE.glob("cot_*_preferences.json"):
+        (trees / source.name).write_bytes(source.read_bytes())
+    before = sorted(p.name for p in trees.iterdir())
+    (tmp_path / "link").symlink_to(trees)
+    glob = str(trees / "*.json")
+    for spec, output, where in [
+        (trees, trees, f"--output {trees} is the same folder as --input {trees}:"),
+        (trees, trees / "prepared", f"--output {trees / 'prepared'} is inside --input {trees}:"),
+        (trees, tmp_path / "link", f"--output {tmp_path / 'link'} is the same folder as --input {trees} (both are "),
+        (tmp_path / "link", trees / "x", f"--output {trees / 'x'} is inside --input {tmp_path / 'link'} ("),
+        (glob, trees, f"--output {trees} is the same folder as --input {glob}:"),
+    ]:
+        code = main(["data", "prepare", "--input", str(spec), "--output", str(output), "--eval-size", "1"])
+        err = capsys.readouterr().err
+        assert code == 1 and where in err and "the next run would read this run's files as input" in err, err
+        assert sorted(p.name for p in trees.iterdir()) == before  # nothing written, no folder made
+    pe = tmp_path / "pe"
+    pe.mkdir()
+    (pe / "t.json").write_text(json.dumps([{"preference": "P", "question": "Q"}]))
+    assert main(["data", "prepare", "--prefeval", str(pe), "--output", str(pe), "--eval-size", "0"]) == 1
+    assert f"--output {pe} is the same folder as --prefeval {pe}" in capsys.readouterr().err
+    # one input file: outputs beside it are never read as input
+    single = trees / "cot_Travel_preferences.json"
+    assert main(["data", "prepare", "--input", str(single), "--output", str(trees), "--eval-size", "0"]) == 0
+
+
 def test_invalid_input_writes_nothing_and_skip_invalid_reports(tmp_path, capsys):
     out = tmp_path / "o"
     malformed = str(ROOT / "tests" / "assets" / "malformed_trees")

@@ -66,7 +66,7 @@ def test_options_a_command_does_not_have_are_refused(argv, capsys):
 
 def test_each_build_role_gets_its_own_values_and_the_shared_ones(monkeypatch):
     monkeypatch.setenv("GEN_KEY", "sk-gen")
-    with ScriptedLLM() as server:
+    with ScriptedLLM(model="g", aliases=("e",)) as server:  # one server, both names (vLLM: two served names)
         argv = [server.base_url if x == URL else x for x in BUILD]
         args = build_parser().parse_args([*argv, "--generator-temperature", "0.3", "--evaluator-max-tokens", "99",
                                           "--generator-api-key-env", "GEN_KEY", "--timeout", "9"])  # fmt: skip

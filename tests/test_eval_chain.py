@@ -1,12 +1,14 @@
 """`cdra eval generate -> judge -> report` as a user runs it, against scripted model and judge servers reached through
 the project's client over HTTP: prompts sent, retries and nulls, PrefEval's protocol, the cache, the report files."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
+from cdra_plugin import __version__
 from cdra_plugin.cdpa.prompts import fill, policy_prompt
 from cdra_plugin.cli import main
 from cdra_plugin.eval.baselines import Shot, build_prompt
@@ -73,8 +75,13 @@ def test_whole_chain_generate_judge_report(servers, eval_data, tmp_path, capsys)
         got = rows(out)
         assert {(r["mode"], r["model"]) for r in got} == {(mode, "policy")}
         assert sorted(r["sample"] for r in got) == [0, 0, 0, 0, 1, 1, 1, 1]
-        assert {tuple(sorted(r)) for r in got} == {("id", "mode", "model", "preference", "question", "response",
-                                                    "sample", "topic")}  # fmt: skip
+        assert {tuple(sorted(r)) for r in got} == {("generation", "id", "mode", "model", "preference", "question",
+                                                    "response", "sample", "topic")}  # fmt: skip
+        shots_used = {"file": str(shots), "sha256": hashlib.sha256(shots.read_bytes()).hexdigest(), "k": 1}
+        settings = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 2048, "prompt_format": "chat", "seed": None,
+                    "n": 2, "shots": shots_used if mode == "few-shot" else None,
+                    "cdra_plugin": __version__}  # fmt: skip
+        assert all(r["generation"] == settings for r in got)
         assert len(policy.requests) == 4 and all(r.n == 2 for r in policy.requests)  # one request per prompt
         sent = {r.body["messages"][0]["content"] for r in policy.requests}
         demos = [Shot("I am vegan.", "Dinner ideas?", "Lentils.")] if mode == "few-shot" else []
@@ -88,7 +95,7 @@ def test_whole_chain_generate_judge_report(servers, eval_data, tmp_path, capsys)
         runs[mode] = judged
     report_dir = tmp_path / "report"
     argv = ["eval", "report", "--runs", *(f"{k}={v}" for k, v in runs.items()), "--output", str(report_dir),
-            "--format", "json", "--select-by", "acc_da", "--bootstrap", "200"]  # fmt: skip
+            "--format", "json", "--select-by", "acc_da"]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)  # --format json: stdout is exactly the report
@@ -104,6 +111,7 @@ def test_whole_chain_generate_judge_report(servers, eval_data, tmp_path, capsys)
     assert csv_lines[0] == "run,metric,value,ci_lo,ci_hi,n,excluded" and len(csv_lines) == 1 + 4 * 10
     md = (report_dir / "report.md").read_text()
     assert "| run | responses | Acc_PF ↑ | Acc_DA ↑ | Acc_Mis ↓ | m_th ↑ | m_dm ↑ | m_ie ↑ |" in md
+    assert md.count("\n- **") == 4 and "seed none, n 2, shots none); cdra-plugin" in md  # a protocol line per run
     for png in ("radar.png", "errors.png"):
         image = matplotlib.image.imread(report_dir / png)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
@@ -122,7 +130,7 @@ def test_judge_retries_records_nulls_follows_prefeval_and_caches(servers, tmp_pa
         "Go to the big festival downtown. [misleading=http500]",  # the same questions again: answered once
     ])  # fmt: skip
     out = tmp_path / "judged.jsonl"
-    assert judge(llm, responses, out) == 0
+    assert judge(llm, responses, out) == 1  # not every verdict was obtained
     summary = capsys.readouterr().out
     assert "null verdicts (failures by kind): helpful: unparsable 1; misleading: server_error 2" in summary
     got = {r["id"]: r for r in rows(out)}
@@ -146,13 +154,11 @@ def test_judge_retries_records_nulls_follows_prefeval_and_caches(servers, tmp_pa
     assert len(prompts) == len(set(prompts)) + 1 + 1
     # Everything the judge answered is cached: judging again (another output) asks only what failed
     n = len(llm.requests)
-    assert judge(llm, responses, tmp_path / "again.jsonl", "--cache", str(tmp_path / "judged.cache.jsonl")) == 0
+    assert judge(llm, responses, tmp_path / "again.jsonl", "--cache", str(tmp_path / "judged.cache.jsonl")) == 1
     assert len(llm.requests) - n == 2 + 2  # helpful (r0) and misleading (r1 = r3), each with its retry
     assert "answered from the cache" in capsys.readouterr().out
     # the report leaves each null out of the metrics that need it, and lists the failures
-    assert (
-        main(["eval", "report", "--runs", f"tagged={out}", "--output", str(tmp_path / "rep"), "--bootstrap", "0"]) == 0
-    )
+    assert main(["eval", "report", "--runs", f"tagged={out}", "--output", str(tmp_path / "rep")]) == 0
     report = json.loads((tmp_path / "rep" / "report.json").read_text())["runs"]["tagged"]
     assert report["excluded"]["acc_mis"] == 2 and report["excluded"]["e_ur"] == 1 and report["excluded"]["acc_pf"] == 1
     assert "helpful unparsable: 1, misleading server_error: 2" in capsys.readouterr().out

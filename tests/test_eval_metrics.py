@@ -1,5 +1,6 @@
 """cdra_plugin.eval.metrics against hand-worked tables: PrefEval's rules (Eq. 5), Acc_DA as a max (Eq. 4), nulls
-excluded only where they could change a value, bootstrap over prompts, paired differences on shared ids."""
+excluded only where they could change a value, intervals over prompts, paired differences on shared ids (the
+intervals' coverage is simulated in test_eval_intervals.py)."""
 
 import random
 
@@ -111,13 +112,13 @@ def row(rid, verdicts, topic="t", sample=0):
 
 def test_summary_percentages_n_and_excluded_by_hand():
     rows = [row(f"p{i}", v) for i, (v, _) in enumerate(PF_TABLE)]
-    s = summarize(rows, bootstrap=0)
+    s = summarize(rows)
     # acc_pf: 1 at rows 0, 3, 7, 9, 10; 0 at rows 1, 2, 4-6, 8, 11, 12, 15; unknown at rows 13, 14
     assert s["n"]["acc_pf"] == 14 and s["excluded"]["acc_pf"] == 2 and s["acc_pf"] == round(100 * 5 / 14, 2)
     # e_ur: 1 at rows 2, 6, 8, 12; unknown at 14, 15
     assert s["n"]["e_ur"] == 14 and s["e_ur"] == round(100 * 4 / 14, 2)
     assert s["acc_da"] is None and s["n"]["acc_da"] == 0 and s["excluded"]["acc_da"] == len(rows)
-    assert s["ci95"]["acc_pf"] is None  # bootstrap 0: no intervals
+    assert s["ci95"]["acc_da"] is None and s["ci95"]["acc_pf"] is not None  # no interval where nothing counted
 
 
 def test_summary_equals_a_plain_loop_reference():
@@ -126,7 +127,7 @@ def test_summary_equals_a_plain_loop_reference():
               "thoughtfulness", "misleading")  # fmt: skip
     rows = [row(f"p{i % 13}", {c: rng.choice([T, F, F, N]) for c in checks}, topic=f"t{i % 3}", sample=i)
             for i in range(200)]  # fmt: skip
-    s = summarize(rows, bootstrap=0)
+    s = summarize(rows)
     for metric in METRICS:
         values = [v for v in (indicator(metric, r["verdicts"]) for r in rows) if v is not None]
         assert s["n"][metric] == len(values) and s["excluded"][metric] == len(rows) - len(values)
@@ -136,21 +137,26 @@ def test_summary_equals_a_plain_loop_reference():
             assert s["by_topic"][topic][metric] == pytest.approx(100 * sum(tv) / len(tv), abs=0.005)
 
 
-def test_bootstrap_resamples_prompts_not_samples():
-    # One prompt with four samples: resampling prompts can only redraw that prompt, so the interval is a point.
+def test_intervals_are_over_prompts_and_never_collapse():
+    # One prompt with four samples says nothing about other prompts.
     rows = [row("only", {"misleading": v}, sample=i) for i, v in enumerate([T, F, T, F])]
-    assert summarize(rows, bootstrap=200)["ci95"]["acc_mis"] == [50.0, 50.0]
-    # Two prompts that disagree: the interval spans both.
-    rows = [row("a", {"misleading": T}), row("b", {"misleading": F})]
-    s = summarize(rows, bootstrap=500, seed=3)
-    assert s["ci95"]["acc_mis"] == [0.0, 100.0] and s["acc_mis"] == 50.0
-    assert summarize(rows, bootstrap=500, seed=3) == s  # reproducible for a seed
+    assert summarize(rows)["ci95"]["acc_mis"] == [0.0, 100.0]
+    # 0 of 16 over 4 prompts: no prompt shows a Yes, so their samples may all agree: n = 4 prompts, t(3) = 3.182446,
+    # upper = t^2 / (n + t^2) = 10.128 / 14.128 (the bootstrap said [0, 0])
+    rows = [row(f"p{i}", {"misleading": F}, sample=j) for i in range(4) for j in range(4)]
+    assert summarize(rows)["ci95"]["acc_mis"] == [0.0, 71.69]
+    # and 16 of 16 mirrors it
+    rows = [row(f"p{i}", {"misleading": T}, sample=j) for i in range(4) for j in range(4)]
+    assert summarize(rows)["ci95"]["acc_mis"] == [28.31, 100.0]
+    # one sample per prompt: nothing to correlate, n = 300, t(299) = 1.967930
+    rows = [row(f"p{i}", {"misleading": F}) for i in range(300)]
+    assert summarize(rows)["ci95"]["acc_mis"] == [0.0, 1.27]
 
 
 def test_interval_contains_the_estimate():
     rng = random.Random(1)
     rows = [row(f"p{i}", {"misleading": rng.random() < 0.3}) for i in range(60)]
-    s = summarize(rows, bootstrap=1000, seed=0)
+    s = summarize(rows)
     lo, hi = s["ci95"]["acc_mis"]
     assert lo < s["acc_mis"] < hi and hi - lo < 40
 
@@ -158,11 +164,14 @@ def test_interval_contains_the_estimate():
 def test_paired_difference_uses_only_shared_ids():
     a = [row("x", {"misleading": T}), row("y", {"misleading": T}), row("z", {"misleading": F})]
     b = [row("y", {"misleading": F}), row("z", {"misleading": F}), row("w", {"misleading": T})]
-    d = paired_difference(a, b, bootstrap=300, seed=0)["acc_mis"]
-    # shared: y (A 1, B 0) and z (A 0, B 0): 50 - 0; the unshared x and w are left out
-    assert d["diff"] == 50.0 and d["ci95"] == [0.0, 100.0]
-    # identical runs differ by exactly 0 in every resample (same ids drawn for both)
-    assert paired_difference(a, a, bootstrap=100)["acc_mis"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    d = paired_difference(a, b)["acc_mis"]
+    # shared: y (A 1, B 0) and z (A 0, B 0): 50 - 0; the unshared x and w are left out. By hand: two prompts,
+    # t(1)^2 = 161.45; A: Wilson(0.5, n 2) = [0.0031, 0.9969]; B: 0 of 2, [0, 161.45 / 163.45 = 0.9878]; B's
+    # residuals are all 0, so the correlation is 0: lo = 0.5 - sqrt(0.4969^2 + 0.9878^2), hi = 0.5 + 0.4969
+    assert d["diff"] == 50.0 and d["ci95"] == [-60.57, 99.69]
+    # identical runs: 0, with an interval around it
+    same = paired_difference(a, a)["acc_mis"]
+    assert same["diff"] == 0.0 and same["ci95"][0] < 0 < same["ci95"][1]
     assert paired_difference(a, [row("q", {"misleading": T})])["acc_mis"] == {"diff": None, "ci95": None}
 
 
@@ -172,7 +181,7 @@ def test_compare_layout_and_best_run():
         "cdra": [row("a", {**da(T, F, F), "misleading": F}), row("b", {**da(F, F, T), "misleading": F})],
         "tie": [row("a", {**da(T, F, F), "misleading": F}), row("b", {**da(T, F, F), "misleading": T})],
     }
-    report = compare(runs, bootstrap=50)
+    report = compare(runs)
     assert list(report["runs"]) == ["base", "cdra", "tie"]
     assert list(report["paired"]) == ["cdra-base", "tie-base", "tie-cdra"]
     assert report["paired"]["cdra-base"]["acc_da"]["diff"] == 50.0
@@ -193,5 +202,5 @@ def test_row_order_does_not_change_anything():
             for i in range(40)]  # fmt: skip
     shuffled = rows[:]
     rng.shuffle(shuffled)
-    assert summarize(shuffled, bootstrap=300) == summarize(rows, bootstrap=300)
-    assert paired_difference(shuffled, rows[:20], bootstrap=300) == paired_difference(rows, rows[:20], bootstrap=300)
+    assert summarize(shuffled) == summarize(rows)
+    assert paired_difference(shuffled, rows[:20]) == paired_difference(rows, rows[:20])

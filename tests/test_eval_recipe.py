@@ -58,6 +58,12 @@ def test_dry_run_lists_checkpoints_in_step_order(tmp_path, setup):
         lines[2].startswith("cdra eval judge ") and f"--output {tmp_path}/out/global_step5/judgments.jsonl" in lines[2]
     )
     assert lines[-1].startswith("cdra eval report --runs global_step5=") and "--select-by acc_da" in lines[-1]
+    assert "--retry-failed" in lines[2] and "--allow-mixed" not in lines[-1]  # a rerun asks the null verdicts again
+    prompts = tmp_path / "prefeval_prompts"
+    prompts.mkdir()
+    mixed = run_recipe(tmp_path, DRY_RUN="1", **{**env, "PROMPT_DIR": str(prompts), "ALLOW_MIXED": "1"})
+    assert mixed.returncode == 0 and f"--prompt-dir {prompts}" in mixed.stdout.splitlines()[2]
+    assert mixed.stdout.splitlines()[-1].rstrip().endswith("--allow-mixed")
     hub = run_recipe(tmp_path, DRY_RUN="1", **{**env, "CHECKPOINT": "Qwen/Qwen2.5-7B-Instruct", "MODE": "cot"})
     assert (
         hub.returncode == 0 and "serve Qwen/Qwen2.5-7B-Instruct --served-model-name Qwen2.5-7B-Instruct" in hub.stdout
@@ -94,7 +100,7 @@ def test_dry_run_lists_checkpoints_in_step_order(tmp_path, setup):
         ({"CHECKS": "helpful,,misleading"}, "CHECKS=helpful,,misleading: expected a comma-separated list of: "),
         ({"PROMPT_DIR": "prompts"}, "PROMPT_DIR=prompts is not a folder"),
         ({"JUDGE_INPUT": "last"}, "JUDGE_INPUT=last: expected one of: full final"),
-        ({"BOOTSTRAP": "-5"}, "BOOTSTRAP=-5: expected a whole number >= 0"),
+        ({"ALLOW_MIXED": "yes"}, "ALLOW_MIXED=yes: expected one of: 0 1"),
         ({"BASELINES": "sft"}, "BASELINES: 'sft' is not NAME="),
         ({"GPUS": "0;1"}, "GPUS=0;1: expected comma-separated GPU ids"),
         ({"VLLM_PORT": "70000"}, "VLLM_PORT=70000: expected a whole number >= 1 and <= 65535"),
@@ -158,7 +164,7 @@ def test_recipe_serves_generates_judges_reports_and_names_the_best(tmp_path, set
                      "CDRA": f"{sys.executable} -m cdra_plugin.cli", "PYTHON": sys.executable,
                      "GPU_CHECK": "0"}  # fmt: skip
         settings = {"JUDGE_URL": judge.base_url, "VLLM_PORT": str(free_port()), "N_SAMPLES": "2", "TEMPERATURE": "1",
-                    "BOOTSTRAP": "0"}  # fmt: skip
+                    "ALLOW_MIXED": "1"}  # fmt: skip
         out = run_recipe(tmp_path, **{**env, **stand_ins, **settings})
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())

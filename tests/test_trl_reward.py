@@ -27,7 +27,7 @@ ANSWERS = [
 
 @contextlib.contextmanager
 def gateway(*argv, auth_token=None):
-    with ScriptedLLM(prm_step_judge(default=0.5)) as llm:
+    with ScriptedLLM(prm_step_judge(default=0.5), model="prm") as llm:
         args = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--max-steps", "8", *FAST, *argv]
         app = create_app(build_gateway(build_parser().parse_args(args)), auth_token=auth_token)
         with BackgroundServer(app) as server:

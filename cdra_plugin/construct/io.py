@@ -13,18 +13,17 @@ Output directory::
     OUT/build/build_stats.json         counts: scenarios, nodes, pruning, failures by kind, calls, tokens, time
     OUT/build/journal.jsonl            one line per finished scenario (built or skipped), then one per run
     OUT/build/config.json              the options that shape a tree; a resume must use the same ones
-    OUT/build/.lock                    held while a build runs: one build per directory at a time
 
 The state lives in ``build/`` because ``cdra data prepare --input OUT`` reads every ``.json``/``.jsonl`` file of
 OUT. Each finished scenario is appended to the journal, flushed and fsync'ed, so an interrupt loses at most the
-scenarios in flight; a torn last line (a kill during the write) is removed on the next start. The topic files and
+scenarios in flight; a torn last line (a kill during the write) is removed on the next start, and the journal is
+locked while a build runs (one build per directory at a time; ``cdra_plugin.io.resumable``). The topic files and
 ``build_stats.json`` are compiled from the whole journal with ``AtomicFiles`` at the end of a run: an interrupted
 run leaves the previous ones untouched, and a file under a final name is always whole.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import re
@@ -34,7 +33,8 @@ from pathlib import Path
 from cdra_plugin.construct.tree import Pair
 from cdra_plugin.data.loader import read_records, resolve_inputs
 from cdra_plugin.data.schema import FieldError, RecordError, parse_pair, require_text
-from cdra_plugin.io.jsonl import Appender, resume_rows
+from cdra_plugin.io.lock import Busy
+from cdra_plugin.io.resumable import ResumableOutput
 from cdra_plugin.io.writer import AtomicFiles
 
 STATE_DIR = "build"
@@ -88,41 +88,39 @@ def _pair(raw, path: Path, index: int) -> Pair:
 class Journal:
     """The append-only record of finished scenarios (last entry per key wins) and of runs.
 
-    Used as a context manager: it holds an exclusive lock on ``OUT/build/.lock`` while open, so two builds never
-    write the same journal (the second stops with an error).
+    Used as a context manager (``cdra_plugin.io.resumable``): it locks the journal while open, so two builds never
+    write it at once (the second stops with an error), and repairs what an interrupted run left.
     """
 
     def __init__(self, directory: Path):
-        self.directory = directory
         self.path = directory / JOURNAL
-        self._lock = None
-        self._out = Appender(self.path)
+        self._out = ResumableOutput(
+            self.path,
+            key=lambda entry: entry["key"] if entry["type"] == "scenario" else None,
+            what="a journal entry",
+            hint="is --output a cdra build?",
+            required=("type",),
+        )
 
     def __enter__(self) -> Journal:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = (self.directory / ".lock").open("a")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
+            self._out.__enter__()
+        except Busy:
             raise BuildError(
                 f"another cdra build is writing {self.path}: wait for it, or use another --output"
             ) from None
         return self
 
     def load(self) -> tuple[dict[str, dict], list[dict]]:
-        """(scenario entries by key, run entries); a torn last line is removed first, any other bad line is fatal."""
-        entries = resume_rows(self.path, required=("type",), what="a journal entry", hint="is --output a cdra build?")
-        scenarios = {entry["key"]: entry for entry in entries if entry["type"] == "scenario"}
-        return scenarios, [entry for entry in entries if entry["type"] != "scenario"]
+        """(scenario entries by key, run entries), as the journal held them when it was opened."""
+        return dict(self._out.done), [entry for entry in self._out.records if entry["type"] != "scenario"]
 
     def append(self, entry: dict) -> None:
-        """Append, flush and fsync one entry (call ``load`` first: it repairs what an interrupted run left)."""
+        """Append, flush and fsync one entry."""
         self._out.write(entry)
 
     def __exit__(self, *exc) -> None:
-        self._out.close()
-        self._lock.close()  # releases the lock
+        self._out.__exit__(*exc)
 
 
 def check_output(output: Path, config: dict) -> Path:

@@ -16,7 +16,10 @@
 Paths are shown to the models as ``Initial Question: q`` followed by ``Step k: <thought>`` lines: the root of every
 path is the question (Fig. 11 passes q as the first ``current_thought``), and the steps use the policy's own format
 (Fig. 14), as the RFT targets will. Generated text is collapsed to one line (``one_line``): a line break inside a
-step could begin with "Step 3:" or "Answer:" and split it into two steps for ``cdra_plugin.cdpa.steps``.
+step could begin with "Step 3:" or "Answer:" and split it into two steps for ``cdra_plugin.cdpa.steps``. Every field
+a prompt inserts (P, q, the generated thoughts and answers) has its chat-template role tokens neutralised, as the
+PRM gateway's prompts do (``cdra_plugin.cdpa.prompts.neutralize``): a generated ``<|im_end|><|im_start|>system``
+never closes the user turn of the next prompt.
 
 Parsers are strict (``parse_node_score``, ``parse_path_score``): the score must be the final line, a plain number in
 range, after a non-empty critique; anything else is ``Unparsable`` (the caller retries, then counts a failure). A
@@ -29,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from cdra_plugin.cdpa.prompts import SCORING_BUDGET, SCORING_SCALE, fill
+from cdra_plugin.cdpa.prompts import SCORING_BUDGET, SCORING_SCALE, fill, neutralize
 
 
 @dataclass(frozen=True)
@@ -165,22 +168,29 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _fill(template: str, **fields: str) -> str:
+    """``fill`` with every field neutralised (``cdra_plugin.cdpa.prompts.neutralize``)."""
+    return fill(template, **{name: neutralize(value) for name, value in fields.items()})
+
+
 def path_text(question: str, thoughts: list[str] | tuple[str, ...]) -> str:
     """A path as the models see it: ``Initial Question: q`` then one ``Step k: ...`` line per thought."""
     return "\n".join([f"Initial Question: {question}", *(f"Step {k}: {t}" for k, t in enumerate(thoughts, 1))])
 
 
 def hypothesis_prompt(persona: Persona, preference: str, question: str) -> str:
-    return fill(HYPOTHESIS_TEMPLATE, expert_persona=persona.role, user_preference=preference, current_thought=question)
+    return _fill(
+        HYPOTHESIS_TEMPLATE, expert_persona=persona.role, user_preference=preference, current_thought=question
+    )
 
 
 def follow_up_prompt(preference: str, question: str, thoughts: list[str]) -> str:
-    return fill(FOLLOW_UP_TEMPLATE, user_preference=preference, current_thought=path_text(question, thoughts))
+    return _fill(FOLLOW_UP_TEMPLATE, user_preference=preference, current_thought=path_text(question, thoughts))
 
 
 def node_score_prompt(preference: str, question: str, before: list[str], new_thought: str) -> str:
     """Fig. 12 for ``new_thought``, the path before it (``before``, possibly empty) as the current thought path."""
-    return fill(
+    return _fill(
         NODE_SCORE_TEMPLATE,
         user_preference=preference,
         current_thought=path_text(question, before),
@@ -190,11 +200,11 @@ def node_score_prompt(preference: str, question: str, before: list[str], new_tho
 
 def answer_prompt(preference: str, question: str, thoughts: list[str]) -> str:
     steps = path_text(question, thoughts)
-    return fill(ANSWER_TEMPLATE, user_preference=preference, initial_question=question, response_path=steps)
+    return _fill(ANSWER_TEMPLATE, user_preference=preference, initial_question=question, response_path=steps)
 
 
 def path_score_prompt(preference: str, question: str, thoughts: list[str], answer: str) -> str:
-    return fill(
+    return _fill(
         PATH_SCORE_TEMPLATE,
         user_preference=preference,
         initial_question=question,

@@ -5,12 +5,14 @@
 
 The outputs are one set, written through :class:`AtomicFiles` (journalled commit: never a mix of two runs, nothing
 half-written, stale temporaries of interrupted runs swept, the output directory locked while a run writes, and not
-left behind empty by a failed run). An output directory that already holds any of the known output names is
-refused unless ``overwrite`` is set; with it, known outputs this mode does not produce (e.g. ``prm_sft.jsonl`` left
-from a DeepPref run, when preparing PrefEval) are deleted by the same commit, so ``stats.json`` always describes
-every file beside it.
+left behind empty by a failed run). An output directory that is the input folder or inside it is refused (the next
+run would read the outputs as input). One that already holds any of the known output names is refused unless
+``overwrite`` is set; with it, known outputs this mode does not produce (e.g. ``prm_sft.jsonl`` left from a DeepPref
+run, when preparing PrefEval) are deleted by the same commit, so ``stats.json`` always describes every file beside it.
 """
 
+import glob
+import itertools
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -64,6 +66,27 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
         )
 
 
+def check_apart(output: Path, spec, option: str) -> None:
+    """Refuse an ``output`` that is the input folder (or the folder a glob reads from), or inside it, symlinks
+    resolved: the next run would read this run's files as input, and ``overwrite`` could replace input files."""
+    given = Path(spec)
+    if given.is_dir():
+        base = given
+    elif not given.is_file() and glob.has_magic(str(spec)):
+        base = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), given.parts))
+    else:
+        return  # one input file: outputs beside it are never read as input
+    out, source = output.resolve(), base.resolve()
+    if out == source or source in out.parents:
+        where = "the same folder as" if out == source else "inside"
+        linked = (out, source) != (output.absolute(), base.absolute())  # a symlink on the way: say where it leads
+        real = (f" (both are {out})" if out == source else f" ({out} is inside {source})") if linked else ""
+        raise PrepareError(
+            f"--output {output} is {where} {option} {spec}{real}: the next run would read this run's files as input; "
+            "choose an --output outside the input"
+        )
+
+
 def _check_options(options: PrepareOptions) -> None:
     if options.top_k < 1:
         raise PrepareError(f"--top-k must be >= 1, got {options.top_k}")
@@ -99,6 +122,7 @@ def _prepare(source: str, spec, output, options: PrepareOptions, load, names: tu
     _check_options(options)
     if output.exists() and not output.is_dir():
         raise PrepareError(f"--output {output} exists and is not a directory")
+    check_apart(output, spec, "--input" if source == "deeppref" else "--prefeval")
     with AtomicFiles(output, replaces=KNOWN_OUTPUTS) as files:
         check_output_dir(output, options.overwrite)  # after the writer completed any interrupted commit
         loaded = load(spec, options.skip_invalid)

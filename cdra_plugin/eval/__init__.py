@@ -2,7 +2,9 @@
 
 ``generate`` samples responses of the model under evaluation (the Fig. 14 prompt, or an in-context baseline),
 ``judge`` asks a judge LLM the eight checks about each, ``report`` turns the verdicts into Table 1's metrics with
-bootstrap intervals, paired differences, the radar chart and the error chart. ``cdra eval --help`` for the CLI.
+95% intervals over prompts, paired differences, the radar chart, the error chart and the protocol each run was
+measured with (``protocol``). ``calls`` is how generate and judge treat their model calls (a probe first, a stop at
+a failure no retry fixes). ``cdra eval --help`` for the CLI.
 
     from cdra_plugin.eval.generate import generate
     from cdra_plugin.eval.judge import judge

@@ -7,8 +7,11 @@
     cdra eval report --runs zero-shot=out/eval/zero-shot.judged.jsonl policy=out/eval/policy.judged.jsonl \\
         --output out/eval/report
 
-generate and judge resume where an earlier run stopped (rerun the same command); every model call goes through the
-project's one client (cdra_plugin.llm.client: several backends, concurrency cap, retries with backoff, keys redacted).
+generate and judge probe their server before the first call (--skip-health-check skips it), stop at once on a
+failure no retry fixes (an unknown model name, a refused key) with the server's message, exit with status 1 while
+any requested response or verdict is missing, and resume where an earlier run stopped (rerun the same command;
+judge --retry-failed asks its null verdicts again). Every model call goes through the project's one client
+(cdra_plugin.llm.client: several backends, concurrency cap, retries with backoff, keys redacted).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def add_parser(subparsers) -> None:
         help="sample responses of a model to an evaluation file (resumable)",
         description="Sample --n responses per (preference, question) of --data from the model "
         "under evaluation. Output rows: id, topic, preference, question, response, mode, model, "
-        "sample. Rows already in --output are skipped; a prompt whose call fails writes nothing and "
-        "makes the exit status 1 (rerun to retry it).",
+        "sample, generation (the settings used, which the report shows). Rows already in --output are skipped; "
+        "a prompt whose call fails writes nothing and makes the exit status 1 (rerun to retry it); a failure no "
+        "retry fixes (unknown model, bad request, refused key) stops the run at once.",
     )
     g = gen.add_argument_group("what to generate")
     g.add_argument(
@@ -69,7 +73,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--n", type=int, default=1, help="responses per prompt (default 1; > 1 needs --temperature > 0)")
     g.add_argument("--seed", type=int, help="sampling seed sent with every request, and the draw of the shots")
     g.add_argument("--limit", type=int, help="only the first N items of --data")
-    POLICY.add_options(gen.add_argument_group("model calls"), max_tokens=2048, timeout=300.0)
+    calls = gen.add_argument_group("model calls")
+    POLICY.add_options(calls, max_tokens=2048, timeout=300.0)
+    _add_health_check(calls, "--backend")
     gen.set_defaults(func=run_generate)
 
     jud = sub.add_parser(
@@ -77,9 +83,12 @@ def add_parser(subparsers) -> None:
         help="judge responses with an LLM: the eight checks of the protocol (resumable)",
         description="Ask a judge LLM the paper's checks (Figs. 7-9, misleading, PrefEval's four) about "
         "every response. Output rows: id, topic, mode, model, sample, judge, verdicts {check: "
-        "true|false|null}, explanations, restatement, failures {check: kind}. An answer without "
-        "<answer>Yes|No</answer> is retried, then recorded as null and counted; never guessed. "
-        "Answers are cached by (prompt, judge model) beside --output.",
+        "true|false|null}, explanations, restatement, failures {check: kind}, protocol (judge, prompt sources "
+        "and SHA-256, judge input), generation. An answer without <answer>Yes|No</answer> is retried, then "
+        "recorded as null and counted; never guessed. Exit status 1 while any verdict is null (rerun with "
+        "--retry-failed); a failure no retry fixes stops the run at once. Answers are cached by (prompt, judge "
+        "model) beside --output. Numbers comparable with the paper's PrefEval rows need PrefEval's own four "
+        "prompt files (--prompt-dir).",
     )
     g = jud.add_argument_group("what to judge")
     g.add_argument("--responses", required=True, help="output of `cdra eval generate`")
@@ -100,24 +109,36 @@ def add_parser(subparsers) -> None:
         default="full",
         help="{end_generation} = the whole response (default) or its last step",
     )
+    g.add_argument("--limit", type=int, help="only the first N responses of --responses")
+    g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask the checks whose verdict an earlier run left null again (the other verdicts of those rows are kept)",
+    )
     g.add_argument("--cache", help="answer cache JSONL (default: --output with .cache.jsonl)")
-    JUDGE.add_options(jud.add_argument_group("model calls"), max_tokens=1024, timeout=120.0)
+    calls = jud.add_argument_group("model calls")
+    JUDGE.add_options(calls, max_tokens=1024, timeout=120.0)
+    _add_health_check(calls, "--judge")
     jud.set_defaults(func=run_judge)
 
     rep = sub.add_parser(
         "report",
         help="Table 1, paired differences, radar.png (Fig. 4) and errors.png for runs",
         description="Compute Acc_PF (Eq. 5), Acc_DA (Eq. 4), Acc_Mis, m_th, m_dm, m_ie and the "
-        "four PrefEval error rates, in percent, with 95% bootstrap intervals over prompts, per topic, "
-        "and paired differences of every later run minus every earlier one on the prompts both "
-        "share. Writes report.json, report.md, report.csv, radar.png, errors.png into --output.",
+        "four PrefEval error rates, in percent, with 95% intervals over prompts (Wilson on the prompt-clustered "
+        "effective sample size), per topic, and paired differences of every later run minus every earlier one on "
+        "the prompts both share (not adjusted for multiple comparisons). Each run's protocol (judge, prompts, "
+        "judge input, generation settings, plugin version) is in report.json and one line of report.md; runs "
+        "judged differently are refused unless --allow-mixed. Writes report.json, report.md, report.csv, "
+        "radar.png, errors.png into --output.",
     )
     rep.add_argument("--runs", nargs="+", required=True, metavar="NAME=JUDGMENTS", help="runs in the order to show")
     rep.add_argument("--output", required=True, help="directory for the report files (written all or nothing)")
     rep.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0 = no intervals)"
+        "--allow-mixed",
+        action="store_true",
+        help="report runs judged with different judge models, settings or prompts together (they are marked)",
     )
-    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     rep.add_argument("--format", choices=["md", "csv", "json"], default="md", help="what to print (default md)")
     rep.add_argument(
         "--select-by",
@@ -126,6 +147,11 @@ def add_parser(subparsers) -> None:
         "acc_mis and the error rates): `best: NAME METRIC=VALUE`",
     )
     rep.set_defaults(func=run_report)
+
+
+def _add_health_check(group, option: str) -> None:
+    group.add_argument("--skip-health-check", action="store_true",
+                       help=f"do not probe {option} (GET /v1/models) before the first call")  # fmt: skip
 
 
 def _fail(command: str, exc: BaseException) -> int:
@@ -145,7 +171,18 @@ def _tokens(counts: dict) -> str:
     return f"tokens {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} completion"
 
 
+def _stopped(command: str, stop, output: str, done: str) -> int:
+    """The line for a run stopped at a failure no retry fixes: the server's message, what was kept."""
+    print(
+        f"cdra eval {command}: stopped: {stop.error} (a {stop.error.kind} that no retry fixes); {done} -> {output} "
+        "and kept: fix the cause and rerun the same command to go on",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    from cdra_plugin.eval.calls import Stopped
     from cdra_plugin.eval.generate import generate
 
     try:
@@ -160,8 +197,11 @@ def run_generate(args: argparse.Namespace) -> int:
             limit=args.limit,
             shots=args.shots,
             k=args.k,
+            health_check=not args.skip_health_check,
             **POLICY.client_kwargs(args),
         )
+    except Stopped as stop:
+        return _stopped("generate", stop, args.output, f"{stop.counts['written']} response(s) written")
     except (ValueError, OSError) as exc:
         return _fail("generate", exc)
     except KeyboardInterrupt:
@@ -175,7 +215,15 @@ def run_generate(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _nulls(failures: dict) -> str:
+    return "; ".join(
+        f"{check}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+        for check, kinds in sorted(failures.items())
+    )
+
+
 def run_judge(args: argparse.Namespace) -> int:
+    from cdra_plugin.eval.calls import Stopped
     from cdra_plugin.eval.judge import judge
 
     checks = [c.strip() for c in args.checks.split(",") if c.strip()]
@@ -189,25 +237,33 @@ def run_judge(args: argparse.Namespace) -> int:
             prompt_dir=args.prompt_dir,
             judge_input=args.judge_input,
             cache=args.cache,
+            limit=args.limit,
+            retry_failed=args.retry_failed,
+            health_check=not args.skip_health_check,
             **JUDGE.client_kwargs(args),
         )
+    except Stopped as stop:
+        done = f"{stop.counts['judged']} response(s) judged"
+        if stop.counts["failures"]:
+            done += f" (failures by kind: {_nulls(stop.counts['failures'])})"
+        return _stopped("judge", stop, args.output, done)
     except (ValueError, OSError) as exc:
         return _fail("judge", exc)
     except KeyboardInterrupt:
         return _interrupted("judge", args.output)
-    nulls = (
-        "; ".join(
-            f"{check}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
-            for check, kinds in sorted(counts["failures"].items())
-        )
-        or "none"
-    )
+    retried = f" ({counts['retried']} with null verdicts asked again)" if counts["retried"] else ""
     print(
-        f"cdra eval judge: {counts['judged']} response(s) judged, {counts['skipped']} already there -> "
+        f"cdra eval judge: {counts['judged']} response(s) judged{retried}, {counts['skipped']} already there -> "
         f"{args.output}; {counts['calls']} judge call(s), {counts['cached']} answered from the cache; "
-        f"{_tokens(counts)}; null verdicts (failures by kind): {nulls}"
+        f"{_tokens(counts)}; null verdicts (failures by kind): {_nulls(counts['failures']) or 'none'}"
     )
-    return 0
+    if counts["earlier_nulls"]:
+        print(
+            f"cdra eval judge: {counts['earlier_nulls']} response(s) already in {args.output} have null verdicts: "
+            "rerun with --retry-failed to ask those checks again",
+            file=sys.stderr,
+        )
+    return 1 if counts["failures"] or counts["earlier_nulls"] else 0
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -223,7 +279,7 @@ def run_report(args: argparse.Namespace) -> int:
             if name in runs:
                 raise ValueError(f"--runs: the name {name!r} is given twice")
             runs[name] = path
-        result = report(runs, args.output, bootstrap=args.bootstrap, seed=args.seed)
+        result = report(runs, args.output, allow_mixed=args.allow_mixed)
     except (ValueError, OSError) as exc:
         return _fail("report", exc)
     if args.format == "json":

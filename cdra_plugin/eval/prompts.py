@@ -18,11 +18,18 @@ Each check asks the judge one Yes/No question about a response and wants ``<answ
 Placeholders: ``{preference}``, ``{question}``, ``{end_generation}`` (the response, or its last step with
 ``--judge-input final``), ``{assistant_restatement}``. A prompt with any other ``{name}`` is refused before any call,
 as is one that never shows the judge what it is to judge.
+
+Each ``Prompt`` knows its source (``project``: the wording above, or the file it was read from) and the SHA-256 of
+its text: ``cdra eval judge`` records both in every row, and ``cdra eval report`` shows them and refuses to put runs
+judged with different prompts in one table. Numbers comparable with the paper's PrefEval rows need PrefEval's own
+four files (``--prompt-dir``), which this project does not ship.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # In the order the report and the judgments list them.
@@ -39,6 +46,7 @@ CHECKS = (
 PLACEHOLDERS = ("preference", "question", "end_generation", "assistant_restatement")
 # PrefEval names its files check_<name>.txt (its error_type/ folder); --prompt-dir accepts both spellings.
 PREFEVAL_FILES = {name: f"check_{name}.txt" for name in ("acknowledge", "violation", "hallucination", "helpful")}
+PROJECT = "project"  # the source of a built-in prompt
 
 _FIELD = re.compile(r"\{(\w+)\}")  # what prompts.fill substitutes
 
@@ -252,6 +260,22 @@ DEFAULT_PROMPTS = {
 }
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A check's template and where it came from: ``PROJECT`` or the path of a ``--prompt-dir`` file."""
+
+    text: str
+    source: str = PROJECT
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def describe(self) -> dict:
+        """What a judgment row records: ``{"source", "sha256"}``."""
+        return {"source": self.source, "sha256": self.sha256}
+
+
 def check_template(check: str, template: str, source: str) -> None:
     """``ValueError`` naming ``source`` when ``template`` uses an unknown placeholder or hides what is judged."""
     used = {m.group(1) for m in _FIELD.finditer(template)}
@@ -267,15 +291,14 @@ def check_template(check: str, template: str, source: str) -> None:
         )
 
 
-def load_prompts(checks: tuple[str, ...] | list[str], prompt_dir: str | Path | None = None) -> dict[str, str]:
+def load_prompts(checks: tuple[str, ...] | list[str], prompt_dir: str | Path | None = None) -> dict[str, Prompt]:
     """The prompt of each check: ``prompt_dir/<check>.txt`` or PrefEval's ``check_<name>.txt`` where present, else
     the project's own. Every prompt is validated here, so a bad one stops the run before any call.
 
     A ``.txt`` file in ``prompt_dir`` that names no check (a typo such as ``deep-mining.txt``) is an error rather than
     silently ignored, and so are two files for one check.
     """
-    prompts = {check: DEFAULT_PROMPTS[check] for check in checks}
-    sources = {check: f"built-in {check} prompt" for check in checks}
+    prompts = {check: Prompt(DEFAULT_PROMPTS[check]) for check in checks}
     if prompt_dir is not None:
         directory = Path(prompt_dir)
         if not directory.is_dir():
@@ -294,7 +317,7 @@ def load_prompts(checks: tuple[str, ...] | list[str], prompt_dir: str | Path | N
             found[check] = path
         for check, path in found.items():
             if check in prompts:
-                prompts[check], sources[check] = path.read_text(encoding="utf-8"), str(path)
-    for check, template in prompts.items():
-        check_template(check, template, sources[check])
+                prompts[check] = Prompt(path.read_text(encoding="utf-8"), str(path))
+    for check, prompt in prompts.items():
+        check_template(check, prompt.text, f"built-in {check} prompt" if prompt.source == PROJECT else prompt.source)
     return prompts

@@ -8,7 +8,7 @@
 Renaming N finished files into place is N steps, and a crash between two of them would leave files of two runs
 side by side. So the commit is journalled (a redo log):
 
-1. Entering locks the directory (``flock``; a second writer is refused), finishes a commit that a crash
+1. Entering locks the directory (``cdra_plugin.io.lock``; a second writer is refused), finishes a commit that a crash
    interrupted (step 4), and deletes what interrupted runs left: staging directories and the
    ``.<name>.<12 hex>.tmp`` files of earlier versions of this writer.
 2. Files are written into a fresh hidden staging directory inside the target (``.cdra-staging-<hex>/``: same
@@ -26,7 +26,6 @@ deletes the staging directory; a target directory (and parents) created by this 
 """
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +37,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+from cdra_plugin.io.lock import Busy, hold
 
 JOURNAL = ".cdra-commit.json"
 STAGING_PREFIX = ".cdra-staging-"
@@ -78,7 +79,7 @@ class AtomicFiles:
 
     def __enter__(self) -> "AtomicFiles":
         try:
-            self._created = _make_dirs(self.directory)
+            self._created = make_dirs(self.directory)
             self._lock_fd = _lock(self.directory)
             with _interrupts_held():
                 _recover(self.directory)
@@ -151,7 +152,7 @@ class AtomicFiles:
                     created.rmdir()
 
 
-def _make_dirs(directory: Path) -> list[Path]:
+def make_dirs(directory: Path) -> list[Path]:
     """``mkdir -p``, returning the directories it created, outermost first."""
     missing = []
     for path in (directory, *directory.parents):
@@ -164,15 +165,12 @@ def _make_dirs(directory: Path) -> list[Path]:
 
 
 def _lock(directory: Path) -> int:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return hold(directory)
+    except Busy:
         raise DirectoryError(
             f"{directory}: another process is writing there now; wait for it or choose another directory"
         ) from None
-    return fd
 
 
 def _apply(directory: Path, journal: dict) -> None:

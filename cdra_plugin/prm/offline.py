@@ -11,10 +11,11 @@ result (steps with spans, texts, critiques, scores, failures; reward, score, out
 as ``cdra prm serve`` (``cdra_plugin.prm.gateway``). The whole input is validated before any PRM call; errors name
 the file, line and field.
 
-Resumable (``cdra_plugin.io.jsonl``): ids already in the output are skipped; each record is appended, flushed and
-fsync'ed as it completes, so an interruption loses at most the line being written, and a torn last line is repaired
-on the next run. ``--retry-failed`` scores the records whose outcome was ``dropped`` or ``fallback`` again (after an
-outage): they leave the output first, in the same atomic repair. Under ``--failure-policy fail`` the first failed
+Resumable (``cdra_plugin.io.resumable``): ids already in the output are skipped; each record is appended, flushed
+and fsync'ed as it completes, so an interruption loses at most the line being written, a torn last line is repaired
+on the next run, and a second run writing the same output at the same time is refused. ``--retry-failed`` scores
+the records whose outcome was ``dropped`` or ``fallback`` again (after an outage): they leave the output first, in
+one atomic rewrite. Under ``--failure-policy fail`` the first failed
 record stops the run (exit 1); Ctrl-C stops it (exit 130); either way what was written stays, the summary says how
 much, and the next run resumes after it.
 """
@@ -27,8 +28,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cdra_plugin.io.jsonl import Appender, read_rows, resume_rows
+from cdra_plugin.io.jsonl import read_rows
 from cdra_plugin.io.pool import for_each
+from cdra_plugin.io.resumable import ResumableOutput
 from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.policy import SampleFailed
 from cdra_plugin.prm.protocol import (
@@ -76,11 +78,11 @@ def read_samples(path: Path, gateway: Gateway) -> list[tuple[str, Sample]]:
     return samples
 
 
-def done_ids(path: Path, retry_failed: bool = False) -> set[str]:
-    """Ids done in the output, after making it safe to append to (see module docstring)."""
+def scored_output(path: Path, retry_failed: bool = False) -> ResumableOutput:
+    """The output, its records by id (with ``retry_failed``, those dropped or fallen back are removed to redo)."""
     retried = (lambda record: record.get("outcome") in RETRIED_OUTCOMES) if retry_failed else None
-    records = resume_rows(path, required=("id",), drop=retried, what="a scored record")
-    return {str(record["id"]) for record in records}
+    return ResumableOutput(path, key=lambda record: str(record["id"]), what="a scored record", required=("id",),
+                           redo=retried)  # fmt: skip
 
 
 @dataclass
@@ -112,15 +114,15 @@ class OfflineRun:
         """Score every record of the input not yet in the output (see module docstring)."""
         try:
             samples = read_samples(self.input_path, self.gateway)
-            done = done_ids(self.output_path, self.retry_failed)
-            todo = [(rid, s) for rid, s in samples if rid not in done]
-            self.skipped, self.todo = len(samples) - len(todo), len(todo)
-            if todo:
-                await self._score_all(todo)
+            with scored_output(self.output_path, self.retry_failed) as out:
+                todo = [(rid, s) for rid, s in samples if rid not in out.done]
+                self.skipped, self.todo = len(samples) - len(todo), len(todo)
+                if todo:
+                    await self._score_all(todo, out)
         finally:
             await self.gateway.scorer.client.aclose()
 
-    async def _score_all(self, todo: list[tuple[str, Sample]]) -> None:
+    async def _score_all(self, todo: list[tuple[str, Sample]], out: ResumableOutput) -> None:
         bar = tqdm(total=len(todo), desc="PRM scoring", unit="resp", disable=not self.progress)
 
         async def one(job: tuple[str, Sample]) -> None:
@@ -134,7 +136,6 @@ class OfflineRun:
             bar.update()
 
         try:
-            with Appender(self.output_path) as out:
-                await for_each(todo, one, self.parallel)  # also on Ctrl-C: the others stop before the file closes
+            await for_each(todo, one, self.parallel)  # also on Ctrl-C: the others stop before the file closes
         finally:
             bar.close()

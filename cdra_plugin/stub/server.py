@@ -12,7 +12,9 @@ conformance test) talk to it over HTTP as to vLLM.
         ...                                                          # queued replies are served first, in order
         llm.requests[-1].prompt                                      # what the client sent
 
-A reply is a string (every one of the ``n`` choices gets it), a list of ``n`` strings, or a ``Fault``. ``latency``
+A reply is a string (every one of the ``n`` choices gets it), a list of ``n`` strings, or a ``Fault``. A request
+for a model it does not serve (``model``, and any ``aliases``) gets vLLM's answer, HTTP 404 "The model `NAME` does
+not exist.". ``latency``
 delays every answer and ``max_concurrency`` caps how many are being "generated" at once (the others queue), which
 makes it a simulated vLLM server for benchmarks. ``BackgroundServer`` runs any ASGI app the same way (tests use it
 to host the real gateway).
@@ -151,6 +153,7 @@ class ScriptedLLM:
         script: Callable[[ScriptedRequest], Reply] | None = None,
         *,
         model: str = "scripted-prm",
+        aliases: tuple[str, ...] = (),
         latency: float = 0.0,
         max_concurrency: int | None = None,
         host: str = "127.0.0.1",
@@ -158,6 +161,7 @@ class ScriptedLLM:
     ):
         self.script = script or (lambda request: score_text(0.5))
         self.model = model
+        self.served = (model, *aliases)  # every name it answers to, as vLLM's --served-model-name takes several
         self.latency = latency
         self.max_concurrency = max_concurrency
         self.healthy = True  # False: /v1/models answers 503
@@ -218,10 +222,11 @@ class ScriptedLLM:
         self.stop()
 
     # -- server side ----------------------------------------------------------------------------------------------
-    def _record(self, request: ScriptedRequest) -> Reply | None:
+    def _record(self, request: ScriptedRequest, served: bool = True) -> Reply | None:
+        """Record ``request``; the next queued reply if it is a completion request the server answers."""
         with self._lock:
             self._requests.append(request)
-            if request.endpoint == "models":
+            if request.endpoint == "models" or not served:
                 return None
             return self._queue.popleft() if self._queue else None
 
@@ -240,7 +245,8 @@ class ScriptedLLM:
             self._record(ScriptedRequest("models", {}, dict(request.headers)))
             if not self.healthy:
                 return JSONResponse({"error": {"message": "scripted server marked unhealthy"}}, status_code=503)
-            return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "t"}]}
+            cards = [{"id": name, "object": "model", "created": 0, "owned_by": "t"} for name in self.served]
+            return {"object": "list", "data": cards}
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
@@ -258,6 +264,11 @@ class ScriptedLLM:
     async def _answer(self, endpoint: str, body: dict, request: Request, prompt: str) -> JSONResponse:
         n = int(body.get("n") or 1)
         recorded = ScriptedRequest(endpoint, body, dict(request.headers), prompt=prompt, n=n)
+        if body.get("model") not in self.served:  # as vLLM answers a name it does not serve
+            self._record(recorded, served=False)
+            error = {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError",
+                     "param": None, "code": 404}  # fmt: skip
+            return JSONResponse({"error": error}, status_code=404)
         reply = self._record(recorded)
         if reply is None:
             reply = self.script(recorded)
