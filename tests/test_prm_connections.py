@@ -35,18 +35,13 @@ def gateway(*argv, nofile=None):
     """``cdra prm serve --auth-token-env`` over a scripted PRM in a subprocess (file descriptor limit ``nofile``):
     yields its URL and port."""
     port = free_port()
-
-    def limit():
-        if nofile:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
     with ScriptedLLM(prm_step_judge()) as llm:
         cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", llm.base_url, "--model",
                "scripted-prm", "--port", str(port), "--auth-token-env", "GW_TOKEN", "--log-level", "warning",
                *argv]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GW_TOKEN": TOKEN}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=limit)  # fmt: skip
+                                preexec_fn=nofile and descriptor_limit(nofile))  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -62,6 +57,11 @@ def gateway(*argv, nofile=None):
         finally:
             proc.terminate()
             proc.communicate(timeout=20)
+
+
+def descriptor_limit(n: int):
+    """For ``preexec_fn``: the child may open ``n`` file descriptors."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def exchange(port, request: bytes, wait=5.0) -> tuple[bytes, bool]:
@@ -136,3 +136,15 @@ def test_slow_unauthorised_connections_cannot_starve_authorised_requests():
                 sock.close()
     shed = next(line for line in metrics.splitlines() if line.startswith("cdra_prm_connections_shed_total"))
     assert float(shed.split()[-1]) > 100  # the cap (256 - 16 - 64 = 176) closed the oldest waiting connections
+
+
+def test_a_cap_that_does_not_fit_the_descriptor_limit_is_one_error_line():
+    cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", "http://127.0.0.1:9/v1", "--model",
+           "m", "--port", str(free_port()), "--concurrency", "16", "--max-connections", "1000"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=descriptor_limit(256))
+    assert done.returncode == 2 and "Application startup" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "cdra prm serve: error: --max-connections 1000 does not fit the file descriptor limit 256 beside 80 for the "
+        "PRM (--concurrency x backends + 64): lower it or --concurrency, or raise `ulimit -n`"
+    )

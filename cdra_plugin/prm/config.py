@@ -50,6 +50,7 @@ CLIENT_DEFAULTS = {"timeout": 45.0, "retries": 2}  # the gateway's, where they d
 # finish within OpenRLHF's 180 s per reward request
 MAX_HEADER_BYTES = 64 << 10
 KEEP_ALIVE_S = 5
+DEFAULT_MAX_CONNECTIONS = 1024
 TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
 
 
@@ -72,7 +73,7 @@ class GatewayConfig:
     template: str | None = _option(None, "PRM prompt template file overriding Fig. 15; fields {preference} "
                                    "{question} {previous_steps} {current_step}", metavar="FILE")  # fmt: skip
     max_steps: int = _option(32, "steps per response; later ones merge into the last (= the carrier width the "
-                             "trainer reads)", rule=">= 1")  # fmt: skip
+                             "trainer reads)", rule=">= 1", metavar="N")  # fmt: skip
     k: int = _option(1, "critiques sampled per step (Appendix D)", rule=">= 1")
     k_aggregation: str = _option("mean", "how the k scores of a step combine", choices=("mean", "median"))
     end_tokens: tuple[str, ...] = _option(DEFAULT_END_TOKENS, "comma-separated end-of-sequence texts removed from "
@@ -134,7 +135,8 @@ class GatewayConfig:
                 raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
             if meta.get("rule") and value is not None and not RULES[meta["rule"]](value):
                 raise ValueError(f"{_flag(f.name)} must be {meta['rule']}, got {value}")
-        object.__setattr__(self, "end_tokens", tuple(self.end_tokens))
+        tokens = self.end_tokens  # a comma-separated string, as on the command line, or a sequence of texts
+        object.__setattr__(self, "end_tokens", _texts(tokens) if isinstance(tokens, str) else tuple(tokens))
         object.__setattr__(
             self, "reward_aggregation", check_aggregation(self.reward_aggregation, "--reward-aggregation")
         )
@@ -179,7 +181,7 @@ class GatewayConfig:
             kw = dict(f.metadata["argparse"])
             if "action" not in kw:
                 kw.setdefault("type", str if f.default is None else type(f.default))
-            shown = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            shown = _shown(f.default)
             help = f.metadata["help"] + ("" if f.default is None else f" (default {shown})")
             groups[f.metadata["serve"]].add_argument(_flag(f.name), dest=f.name, default=f.default, help=help, **kw)
 
@@ -203,6 +205,15 @@ def load_template(path: str | Path) -> str:
     if "{current_step}" not in text:
         raise ValueError(f"--template {path}: must contain {{current_step}} (the step to judge)")
     return text
+
+
+def _shown(default) -> str:
+    """A default as --help shows it."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float):
+        return f"{default:g}"
+    return ",".join(default) if isinstance(default, tuple) else str(default)
 
 
 def _flag(name: str) -> str:

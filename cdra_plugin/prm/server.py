@@ -52,7 +52,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from cdra_plugin.prm.config import KEEP_ALIVE_S, MAX_HEADER_BYTES
+from cdra_plugin.prm.config import DEFAULT_MAX_CONNECTIONS, KEEP_ALIVE_S, MAX_HEADER_BYTES
 from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.metrics import CONTENT_TYPE
 from cdra_plugin.prm.protocol import (
@@ -108,7 +108,7 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     return bytes(body)
 
 
-class UnreadBodyGuard:
+class RequestGuard:
     """ASGI middleware: headers over ``MAX_HEADER_BYTES`` get 431, and an answer that starts while the request's body
     is still unread closes the connection (``Connection: close``), so a client cannot keep the connection open by
     trickling a body no endpoint reads (401, 404, ``/health``, ``/metrics``)."""
@@ -134,8 +134,13 @@ class UnreadBodyGuard:
             return message
 
         async def answering(message):
-            if message["type"] == "http.response.start" and pending:
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            answer_headers = message.get("headers", [])
+            if (
+                message["type"] == "http.response.start"
+                and pending
+                and (b"connection", b"close") not in answer_headers
+            ):
+                message = {**message, "headers": [*answer_headers, (b"connection", b"close")]}
             await send(message)
 
         await self.app(scope, reading, answering)
@@ -168,7 +173,7 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, probe_backend
         await gateway.scorer.client.aclose()
 
     app = FastAPI(title="cdra Pers-GenPRM gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(UnreadBodyGuard)
+    app.add_middleware(RequestGuard)
 
     async def handle(endpoint: str, request: Request, work) -> Response:
         started = time.perf_counter()
@@ -261,27 +266,23 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def connection_cap(gateway: Gateway) -> int:
-    """``--max-connections``, or by default what the file descriptor limit leaves beside the PRM connections; the soft
-    limit is raised towards the hard one as needed. ``ValueError`` naming the option when it cannot fit."""
-    client = gateway.scorer.client
+    """``--max-connections`` (default ``DEFAULT_MAX_CONNECTIONS``, or what the file descriptor limit leaves beside
+    the PRM's connections if less), the soft limit raised towards the hard one as needed; ``ValueError`` naming the
+    option when an explicit cap does not fit."""
+    client, wanted = gateway.scorer.client, gateway.config.max_connections
     reserved = client.concurrency * len(client.backends) + 64  # PRM calls in flight, files, the listening socket
+    cap = wanted or DEFAULT_MAX_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = gateway.config.max_connections
-    need = reserved + (wanted or 1024)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < reserved + cap:
+        soft = reserved + cap if hard == resource.RLIM_INFINITY else min(reserved + cap, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    room = (1 << 20) if soft == resource.RLIM_INFINITY else soft - reserved
-    if wanted is None:
-        if room < 1:
-            raise ValueError(f"the file descriptor limit {soft} leaves no room for client connections beside "
-                             f"{reserved} for the PRM (--concurrency x backends + 64): lower --concurrency or raise "
-                             "`ulimit -n`")  # fmt: skip
-        return min(room, 1024)
-    if wanted > room:
-        raise ValueError(f"--max-connections {wanted} does not fit the file descriptor limit {soft} beside {reserved} "
-                         "for the PRM (--concurrency x backends + 64): lower it or raise `ulimit -n`")  # fmt: skip
-    return wanted
+    room = cap if soft == resource.RLIM_INFINITY else soft - reserved
+    if room < (cap if wanted else 1):
+        raise ValueError(
+            f"--max-connections {cap} does not fit the file descriptor limit {soft} beside {reserved} for the PRM "
+            "(--concurrency x backends + 64): lower it or --concurrency, or raise `ulimit -n`"
+        )
+    return min(room, cap)
 
 
 def serve(app, sock: socket.socket, gateway: Gateway, *, max_connections: int, log_level: str = "info"):
