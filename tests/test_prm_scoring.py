@@ -2,6 +2,8 @@
 checks (no HTTP except one test)."""
 
 import asyncio
+import random
+import string
 from dataclasses import replace
 
 import pytest
@@ -10,6 +12,7 @@ from cdra_plugin.cdpa.prompts import prm_prompt, strip_end_tokens
 from cdra_plugin.cli import build_parser
 from cdra_plugin.llm.client import LLMClient
 from cdra_plugin.prm.config import GatewayConfig, load_template
+from cdra_plugin.prm.content import content_chars, degenerate_steps, is_content, words
 from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.reward import FailurePolicy, SampleFailed, resolve
 from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer
@@ -136,3 +139,30 @@ def test_old_aggregation_names_are_read_with_a_deprecation_line():
 def test_default_temperature_is_greedy_for_one_critique():
     assert Gateway(_config()).scorer.client.sampling["temperature"] == 0.0
     assert Gateway(_config("--k", "4")).scorer.client.sampling["temperature"] == 1.0
+
+
+def test_content_counts_letters_and_decimal_digits_of_any_script_and_nothing_invisible():
+    assert content_chars("Step one: 2 cats!") == 12
+    assert content_chars("\u0661\u0662 \u0968 \uff11") == 4  # Arabic-Indic, Devanagari, full-width digits count
+    assert content_chars("\u4eac\u90fd \u00e9t\u00e9 \u0928\u092e") == 7  # ideographs, accented and Indic letters
+    invisible = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202e\u3164\u115f\u1160\uffa0\u0301\u00b2\u2460\u00bd !?\t"
+    assert content_chars(invisible) == 0  # format characters, Hangul fillers, marks, other numerics, punctuation
+    rng = random.Random(0)
+    alphabet = string.printable + invisible + "\u00e9\u4eac\u0661\uff21"
+    for _ in range(2000):  # the ASCII fast path and the general rule agree with a plain loop over the characters
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert content_chars(text) == sum(is_content(ch) for ch in text), repr(text)
+
+
+def test_words_ignore_case_width_spacing_punctuation_and_format_characters():
+    same = [
+        "Go to Lofoten, now.",
+        "  GO to\tLOFOTEN -- now!",
+        "go\u200b to lo\u00adfoten now",
+        "\uff27\uff4f to Lofoten now",
+    ]
+    assert {words(text) for text in same} == {"go to lofoten now"}
+    assert words("Go to Lofot\u0435n now") != "go to lofoten now"  # a Cyrillic e: a homoglyph makes it new
+    assert degenerate_steps([*same, "Go to Bodo.", "?!...", "", "x = (3 + 4) / 2"]) == [
+        None, "repeated", "repeated", "repeated", None, "non_letters", "non_letters", "non_letters"
+    ]  # fmt: skip

@@ -110,8 +110,8 @@ def resolve(result: SampleResult, policy: FailurePolicy, sample: str = "sample")
     return Outcome(scores, len(failed), "fallback")
 
 
-def aggregate(scores: Sequence[float], sizes: Sequence[int], how: str) -> float:
-    """The reward of one response: ``scores[j]`` of step j, ``sizes[j]`` its ``content_chars`` (module docstring)."""
+def aggregate(scores: Sequence[float], how: str, sizes: Sequence[int] = ()) -> float:
+    """The reward of one response: ``scores[j]`` of step j; ``sizes[j]`` its ``content_chars`` (for weighted_mean)."""
     if not scores:
         raise ValueError("a reward needs at least one step score")
     if how == "min":
@@ -146,7 +146,8 @@ def summarize(result: SampleResult, outcome: Outcome, how: str, width: int) -> d
     )
     if outcome.step_scores is None:
         return {"reward": 0.0, "score": 0.5, "extra_logs": extra}
-    scores, sizes = outcome.step_scores, [content_chars(s.text) for s in result.steps]
-    on_scale = aggregate(scores, sizes, "mean" if how == "sum" else how)
-    return {"reward": aggregate(scores, sizes, how), "score": min(1.0, max(0.0, (on_scale + 1.0) / 2.0)),
+    scores = outcome.step_scores
+    sizes = [content_chars(s.text) for s in result.steps] if how == "weighted_mean" else ()
+    on_scale = aggregate(scores, "mean" if how == "sum" else how, sizes)
+    return {"reward": aggregate(scores, how, sizes), "score": min(1.0, max(0.0, (on_scale + 1.0) / 2.0)),
             "extra_logs": extra}  # fmt: skip
