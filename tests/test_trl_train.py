@@ -111,7 +111,7 @@ def test_the_grpo_estimator_needs_the_papers_summed_reward_unless_told_otherwise
             "PRM) reward): restart it with REWARD_AGGREGATION=sum bash recipes/serve_prm.sh, or set "
             "REWARD_AGGREGATION=min to train on its reward"
         )
-        # The explicit opt-out: GRPO on the gateway's length-weighted mean, knowingly not the paper's row.
+        # The explicit opt-out: GRPO on the gateway's default reward (min), knowingly not the paper's row.
         out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", REWARD_AGGREGATION="min", **env)
         assert out.returncode == 0 and "reward aggregation min" in out.stderr, out.stderr
         out = run_recipe(tmp_path, REWARD_URL=url, **env)  # CDPA reads the step scores: any aggregation

@@ -8,7 +8,7 @@ line's plain number in [-1, 1], nothing else) are aggregated by mean or median. 
 rejected and retried like a transient fault, at the client's retry temperature (> 0) when sampling is greedy; with
 k > 1 the step needs at least one parsable critique, the unparsable ones are listed as ``None`` in
 ``sample_scores``. A step with no score after the retries keeps ``score=None`` and its failure kind: what that means
-for the sample is the caller's failure policy (``cdra_plugin.prm.policy``), never a default value here.
+for the sample is the caller's failure policy (``cdra_plugin.prm.reward``), never a default value here.
 
 A response with no content (nothing but blanks, end-of-sequence tokens and step markers) is not sent to the PRM:
 each of its steps gets ``EMPTY_SCORE`` = -1.0, the bottom of the Fig. 15 scale, and the result is marked ``empty``
