@@ -22,8 +22,9 @@ gamed by) of step scores r_1..r_T:
 - ``mean``: the plain mean;
 - ``weighted_mean``: the mean weighted by each step's letters and digits (``cdra_plugin.prm.content``): padding a
   step with punctuation, spaces or invisible characters adds no weight, splitting a step leaves it unchanged, but
-  padding a good step with words does add weight. A response whose steps have no letters or digits at all gets
-  the plain mean;
+  padding a good step with words does add weight, and so do bare step markers after it (an empty step joins the
+  step before it, its "Step N" with it). A response whose steps have no letters or digits at all gets the plain
+  mean;
 - ``sum``: the paper's R_dense = sum_j r_j; more steps earn more.
 
 ``scores`` (OpenRLHF's dynamic filtering) is the same aggregation on the [0, 1] scale, (a + 1) / 2, with the mean
