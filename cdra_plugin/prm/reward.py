@@ -111,19 +111,20 @@ def resolve(result: SampleResult, policy: FailurePolicy, sample: str = "sample")
     return Outcome(scores, len(failed), "fallback")
 
 
-def aggregate(scores: Sequence[float], how: str, sizes: Sequence[int] = ()) -> float:
-    """The reward of one response: ``scores[j]`` of step j; ``sizes[j]`` its ``content_chars`` (for weighted_mean)."""
+def aggregate(scores: Sequence[float], how: str, texts: Sequence[str] = ()) -> float:
+    """The reward of one response: ``scores[j]`` of step j, whose text ``texts[j]`` weighs it under weighted_mean."""
     if not scores:
         raise ValueError("a reward needs at least one step score")
     if how == "min":
         return float(min(scores))
     if how == "sum":
         return float(sum(scores))
-    mean, total = statistics.fmean(scores), sum(sizes)
-    if how == "mean" or total == 0:
+    mean = statistics.fmean(scores)
+    sizes = [content_chars(text) for text in texts] if how == "weighted_mean" else []
+    if not sum(sizes):  # mean, or no step has a letter or digit
         return mean
     # the plain mean plus the weighted deviations from it: exact when all scores are equal (one step included)
-    return mean + math.fsum((s - mean) * n for s, n in zip(scores, sizes, strict=True)) / total
+    return mean + math.fsum((s - mean) * n for s, n in zip(scores, sizes, strict=True)) / sum(sizes)
 
 
 def log_keys(width: int) -> list[str]:
@@ -133,10 +134,13 @@ def log_keys(width: int) -> list[str]:
 
 def summarize(result: SampleResult, outcome: Outcome, how: str, width: int) -> dict[str, Any]:
     """reward, score and extra_logs of one sample (module docstring)."""
-    logged = outcome.step_scores
-    if logged is None:
-        logged = [s.score for s in result.steps if s.score is not None]
-    extra = encode_step_scores(outcome.step_scores, width)
+    scores, reward, score = outcome.step_scores, 0.0, 0.5  # the placeholders of a dropped sample
+    if scores is not None:
+        reward = aggregate(scores, how, [s.text for s in result.steps])
+        on_scale = aggregate(scores, "mean") if how == "sum" else reward
+        score = min(1.0, max(0.0, (on_scale + 1.0) / 2.0))
+    logged = scores if scores is not None else [s.score for s in result.steps if s.score is not None]
+    extra = encode_step_scores(scores, width)
     extra.update(
         prm_num_steps=float(len(result.steps)),
         prm_mean_step_score=statistics.fmean(logged) if logged else 0.0,
@@ -145,10 +149,4 @@ def summarize(result: SampleResult, outcome: Outcome, how: str, width: int) -> d
         prm_empty=float(result.empty),
         prm_degenerate=float(sum(s.degenerate is not None for s in result.steps)),
     )
-    if outcome.step_scores is None:
-        return {"reward": 0.0, "score": 0.5, "extra_logs": extra}
-    scores = outcome.step_scores
-    sizes = [content_chars(s.text) for s in result.steps] if how == "weighted_mean" else ()
-    on_scale = aggregate(scores, "mean" if how == "sum" else how, sizes)
-    return {"reward": aggregate(scores, how, sizes), "score": min(1.0, max(0.0, (on_scale + 1.0) / 2.0)),
-            "extra_logs": extra}  # fmt: skip
+    return {"reward": reward, "score": score, "extra_logs": extra}
