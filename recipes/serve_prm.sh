@@ -13,9 +13,9 @@
 #
 # FAILURE_POLICY: `fail` (default) is right for every estimator; `drop` only for cdra-train (the cdpa estimator
 # excludes the marked samples); `score=X` gives failed steps X. REWARD_AGGREGATION: the scalar `rewards` that plain
-# OpenRLHF estimators train on (cdra-train reads the step scores instead); empty = the gateway's default,
-# length_mean, which splitting a response into more steps cannot inflate; `sum` is the paper's R_dense, which it
-# can (the README's gateway section): only to reproduce the paper's GRPO (with PRM) row. Every value below is an
+# OpenRLHF estimators train on (cdra-train reads the step scores instead); empty = the gateway's default, min (the
+# lowest step score), which splitting, padding, repeating or reordering steps cannot raise; `sum` is the paper's
+# R_dense, which splitting can (the README's gateway section): only to reproduce the paper's GRPO (with PRM) row. Every value below is an
 # environment variable. Before launching it checks every value, the commands, the ports and that torch sees the
 # GPUs in GPUS (GPU_CHECK=0 skips that one, for a CPU build of vLLM or a stand-in given as VLLM).
 set -euo pipefail
@@ -32,7 +32,7 @@ VLLM_EXTRA_ARGS=${VLLM_EXTRA_ARGS:-}
 GATEWAY_HOST=${GATEWAY_HOST:-127.0.0.1}
 GATEWAY_PORT=${GATEWAY_PORT:-5000}
 FAILURE_POLICY=${FAILURE_POLICY:-fail}
-REWARD_AGGREGATION=${REWARD_AGGREGATION:-}          # length_mean | mean | sum; empty: the gateway's default
+REWARD_AGGREGATION=${REWARD_AGGREGATION:-}          # min | mean | weighted_mean | sum; empty: the default, min
 MAX_STEPS=${MAX_STEPS:-32}                          # carrier width: steps per response
 CONCURRENCY=${CONCURRENCY:-256}                     # PRM calls in flight per replica
 AUTH_TOKEN_ENV=${AUTH_TOKEN_ENV:-}                  # name of an env var holding a bearer token for the gateway
@@ -70,7 +70,7 @@ check_inputs() {
     die "GATEWAY_PORT=$GATEWAY_PORT collides with the replica ports $VLLM_BASE_PORT..$((VLLM_BASE_PORT + REPLICAS - 1))"
   fi
   [[ $FAILURE_POLICY =~ ^(drop|fail|score=-?([0-9]+\.?[0-9]*|\.[0-9]+))$ ]] || die "FAILURE_POLICY=$FAILURE_POLICY: expected drop, fail or score=X"
-  [[ -z $REWARD_AGGREGATION ]] || need_choice REWARD_AGGREGATION length_mean mean sum
+  need_aggregation REWARD_AGGREGATION
   need_env_var_name AUTH_TOKEN_ENV
   [[ ! -e $LOG_DIR || -d $LOG_DIR ]] || die "LOG_DIR=$LOG_DIR exists and is not a folder"
 }

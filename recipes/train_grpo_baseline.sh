@@ -7,9 +7,10 @@
 #
 # The paper's reward here is R_dense = sum_j r_j (Section 2.3), so the gateway must run --reward-aggregation sum,
 # which is not its default: a sum grows with the number of steps, so a policy can raise it by splitting the same
-# text into more steps (the README's gateway section), and the gateway defaults to length_mean, which splitting
-# cannot inflate. This recipe reads the aggregation from the gateway's GET /health and refuses any other; set
-# REWARD_AGGREGATION=length_mean (or mean) to train GRPO on that reward knowingly, which is not the paper's row.
+# text into more steps (the README's gateway section), and the gateway defaults to min, which no splitting,
+# padding, repetition or reordering raises. This recipe reads the aggregation from the gateway's GET /health and
+# refuses any other; set REWARD_AGGREGATION=min (or mean, weighted_mean) to train GRPO on that reward knowingly,
+# which is not the paper's row.
 # OpenRLHF's group_norm cannot leave a sample out either: start the gateway with FAILURE_POLICY=fail (or an explicit
 # `score=X`), never `drop`, whose 0.0 reward would otherwise be normalised into the advantages; that is checked too.
 set -euo pipefail

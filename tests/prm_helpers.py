@@ -1,36 +1,34 @@
-"""Helpers of the PRM gateway tests: the real gateway (built from `cdra prm serve` options) on a loopback port."""
+"""Helpers of the PRM gateway tests: the real gateway (built from a `GatewayConfig`) on a loopback port."""
 
 import contextlib
 import json
 
 import httpx
 
-from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.cli import build_gateway
+from cdra_plugin.prm.config import GatewayConfig
+from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.stub import BackgroundServer
 
-FAST = ["--timeout", "0.5", "--retries", "2", "--backoff", "0.001", "--backoff-max", "0.005"]
+FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 P, Q = "I avoid crowds.", "Where should I travel in May?"
 LABEL = json.dumps({"preference": P, "question": Q, "id": "s1", "topic": "travel"})
 PROMPT = "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n"
 
 
-def gateway_for(llm_urls, *argv, width=4):
-    args = build_parser().parse_args(
-        ["prm", "serve", "--backend", ",".join(llm_urls), "--model", "scripted-prm", "--max-steps", str(width)]
-        + FAST
-        + list(argv)
-    )
-    return build_gateway(args)
+def gateway_for(llm_urls, *, width=4, client=None, model="scripted-prm", **options):
+    """The gateway over ``llm_urls``: ``options`` are ``GatewayConfig`` fields, ``client`` LLM client options over
+    FAST (a scripted PRM answers at once: short timeouts, retries without backoff)."""
+    client_options = {**FAST, **(client or {})}
+    return Gateway(GatewayConfig(backend=list(llm_urls), model=model, max_steps=width, client_options=client_options,
+                                 **options))  # fmt: skip
 
 
 @contextlib.contextmanager
-def serving(llm_urls, *argv, width=4, max_body_bytes=1 << 20, **app_options):
-    """The gateway the options describe, served; ``app_options`` go to ``create_app``."""
-    gateway = gateway_for(llm_urls, *argv, width=width)
-    app = create_app(gateway, max_body_bytes=max_body_bytes, **app_options)
-    with BackgroundServer(app) as server:
+def serving(llm_urls, *, auth_token=None, **options):
+    """The gateway ``gateway_for`` builds, served: yields its URL and the gateway."""
+    gateway = gateway_for(llm_urls, **options)
+    with BackgroundServer(create_app(gateway, auth_token=auth_token)) as server:
         yield server.url, gateway
 
 

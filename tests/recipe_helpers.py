@@ -4,20 +4,20 @@ over the scripted PRM on a loopback port, and a prompts file as `cdra data prepa
 import contextlib
 import json
 
-from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.cli import build_gateway
+from cdra_plugin.prm.config import GatewayConfig
+from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
 
 
 @contextlib.contextmanager
-def gateway(*argv, backend=None):
-    """The real gateway app over the scripted PRM (or over ``backend``, e.g. a port nothing answers on); yields its
-    /get_reward URL."""
+def gateway(backend=None, **options):
+    """The real gateway app over the scripted PRM (or over ``backend``, e.g. a port nothing answers on), with the
+    ``GatewayConfig`` ``options``; yields its /get_reward URL."""
     with contextlib.ExitStack() as stack:
         url = backend or stack.enter_context(ScriptedLLM(prm_step_judge(), model="pers-genprm")).base_url
-        args = build_parser().parse_args(["prm", "serve", "--backend", url, "--model", "pers-genprm", *argv])
-        server = stack.enter_context(BackgroundServer(create_app(build_gateway(args))))
+        config = GatewayConfig(backend=url, model="pers-genprm", **options)
+        server = stack.enter_context(BackgroundServer(create_app(Gateway(config))))
         yield f"{server.url}/get_reward"
 
 

@@ -81,6 +81,9 @@ def test_fig12_and_fig13_prompts_carry_their_fields_and_format_lines():
         ("**Reasoning:** ok\nSCORE: 1", ("ok", 1.0)),
         ("ok\nSCORE: -1.0", ("ok", -1.0)),
         ("ok\nSCORE: .5", ("ok", 0.5)),
+        # the PRM's rule for a score line (cdra_plugin.cdpa.prompts.score_line): case, markdown, brackets
+        ("ok\nscore: 0.7", ("ok", 0.7)),
+        ("ok\n**SCORE:** [0.25].", ("ok", 0.25)),
     ],
 )
 def test_node_score_parses_the_final_line(text, expected):
@@ -100,7 +103,14 @@ def test_node_score_parses_the_final_line(text, expected):
         ("SCORE: 0.2\nReasoning: on reflection\nSCORE: 0.7", "more than one"),
         ("Reasoning:\nSCORE: 0.7", "no critique"),
         ("", "empty"),
-        ("Reasoning: good\nscore: 0.7", "final line"),
+        # an earlier score line in any form the PRM reads makes the output ambiguous
+        ("score: 0.2\nReasoning: on reflection\nSCORE: 0.7", "more than one"),
+        ("Reasoning: good\n**SCORE:** 1.0\nOn reflection, weaker.\nSCORE: 0.4", "more than one"),
+        ("Reasoning: good\n  Score = [0.9]\nSCORE: 0.4", "more than one"),
+        # ASCII digits only: Arabic-Indic and full-width digits are not numbers here
+        ("Reasoning: good\nSCORE: \u0661", "final line"),
+        ("Reasoning: good\nSCORE: \uff10.\uff19", "final line"),
+        ("Reasoning: good\n\u017fCORE: 0.5", "final line"),  # a long s is not the label's S
     ],
 )
 def test_node_score_rejects_everything_else(text, why):
@@ -114,7 +124,10 @@ def test_path_score_is_strict_too():
         78,
     )
     assert parse_path_score("fine\nFINAL SCORE: [92.5]") == ("fine", 92.5)
-    for bad in ("fine\nFINAL SCORE: 140", "fine\nFINAL SCORE: -3", "fine\nSCORE: 78", "FINAL SCORE: 78"):
+    assert parse_path_score("fine\n**Final Score:** 80") == ("fine", 80)
+    bad_outputs = ("fine\nFINAL SCORE: 140", "fine\nFINAL SCORE: -3", "fine\nSCORE: 78", "FINAL SCORE: 78",
+                   "final score: 20\nfine\nFINAL SCORE: 78", "fine\nFINAL SCORE: \u0667\u0668")  # fmt: skip
+    for bad in bad_outputs:
         with pytest.raises(Unparsable):
             parse_path_score(bad)
 

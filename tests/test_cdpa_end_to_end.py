@@ -14,20 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from cdpa_host import cdpa_args, cdpa_maker, make_experience, query_text
+from prm_helpers import serving
 
 from cdra_plugin.cdpa.carrier import FAILED_KEY
 from cdra_plugin.cdpa.prompts import policy_prompt
-from cdra_plugin.cli import build_parser, main
-from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.server import create_app
-from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.cli import main
+from cdra_plugin.stub import ScriptedLLM, prm_step_judge
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE_TRACE = ROOT / "examples" / "traces" / "cdpa_sample.jsonl"
 
 CROWDS = {"preference": "I avoid crowds.", "question": "Where should I travel in May?", "id": "travel/3", "topic": "t"}
 SEASICK = {"preference": "I get seasick.", "question": "A weekend by the sea?", "id": "travel/7", "topic": "t"}
-FAST = ["--timeout", "0.5", "--retries", "1", "--backoff", "0.001", "--backoff-max", "0.002"]
+FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.001, "backoff_max": 0.002}
 EOT = "<|im_end|>"
 RESPONSES = [  # two prompts x G = 2; the tags tell the scripted PRM what to answer for each step
     (CROWDS, "Step 1: You value calm. [score=0.8]\nStep 2: Go to Lofoten in late May. [score=0.2]" + EOT),
@@ -48,11 +47,9 @@ def prompt_text(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def gateway_url():
-    with ScriptedLLM(prm_step_judge(default=0.5), model="prm") as llm:
-        argv = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--max-steps", "8"]
-        gateway = build_gateway(build_parser().parse_args(argv + FAST + ["--failure-policy", "drop"]))
-        with BackgroundServer(create_app(gateway)) as server:
-            yield server.url, llm
+    with ScriptedLLM(prm_step_judge(default=0.5)) as llm:
+        with serving([llm.base_url], width=8, client=FAST, failure_policy="drop") as (url, _):
+            yield url, llm
 
 
 def rollout_samples(url, tiny_tokenizer, prompt_text):

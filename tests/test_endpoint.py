@@ -10,7 +10,7 @@ from cdra_plugin.construct.cli import EVALUATOR, GENERATOR
 from cdra_plugin.eval.cli import JUDGE, POLICY
 from cdra_plugin.llm import client as llm
 from cdra_plugin.llm.options import OPTIONS
-from cdra_plugin.prm.cli import PRM
+from cdra_plugin.prm.config import PRM
 from cdra_plugin.stub import ScriptedLLM
 
 URL = "http://127.0.0.1:9/v1"

@@ -96,7 +96,7 @@ def test_offline_scoring_is_resumable(tmp_path):
     with ScriptedLLM(prm_step_judge()) as llm:
         assert score_cli(llm, inp, out) == 0
         scored = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-        assert scored["a"]["reward"] == pytest.approx(0.3) and scored["b"]["reward"] == pytest.approx(-0.3)
+        assert scored["a"]["reward"] == pytest.approx(0.2) and scored["b"]["reward"] == pytest.approx(-0.3)  # min
         assert scored["c"]["response"] == "Step 1: z [score=0.9]<|im_end|>" and scored["c"]["num_steps"] == 1
         assert [s["text"] for s in scored["a"]["steps"]] == ["x [score=0.2]", "y [score=0.4]"]
         assert len(llm.requests) == 4
@@ -119,6 +119,28 @@ def test_offline_bad_input_names_the_line_and_writes_nothing(tmp_path, capsys):
         assert not llm.requests
     assert f"{inp}:2: field 'question' is not a string" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink", "relative"])
+def test_offline_output_that_is_the_input_is_refused_naming_both(tmp_path, capsys, monkeypatch, link):
+    inp = tmp_path / "responses.jsonl"
+    write_jsonl(inp, RECORDS)
+    before = inp.read_bytes()
+    out = {"same": inp, "symlink": tmp_path / "scored.jsonl", "hardlink": tmp_path / "scored.jsonl",
+           "relative": Path("sub/../responses.jsonl")}[link]  # fmt: skip
+    if link == "symlink":
+        out.symlink_to(inp)
+    elif link == "hardlink":
+        os.link(inp, out)
+    elif link == "relative":
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "sub").mkdir()
+    with ScriptedLLM(prm_step_judge()) as llm:
+        assert score_cli(llm, inp, out) == 2
+        assert not llm.requests
+    err = capsys.readouterr().err
+    assert f"--output {out} is the --input file {inp}" in err and "choose another --output" in err
+    assert inp.read_bytes() == before
 
 
 def test_offline_fail_policy_stops_and_keeps_what_was_written(tmp_path, capsys):
@@ -345,7 +367,7 @@ def test_recipe_starts_replicas_and_gateway_and_stops_them(tmp_path):
                 break
         assert f"--reward.remote_url {url}/get_reward" in "".join(seen), "".join(seen)
         body = {"query": ["PStep 1: a [score=0.25]\nStep 2: b [score=0.75]"], "prompts": ["P"], "labels": [LABEL]}
-        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.5]
+        assert httpx.post(url + "/get_reward", json=body, timeout=10).json()["rewards"] == [0.25]  # the lower
         health = httpx.get(url + "/health", timeout=10).json()
         assert [b["backend"] for b in health["backends"]] == [f"http://127.0.0.1:{base + i}/v1" for i in (0, 1)]
     finally:

@@ -22,7 +22,7 @@ from cdra_plugin.stub import Fault, ScriptedLLM, prm_step_judge
 def test_get_reward_protocol_dense_reward_and_carrier(prm):
     r1 = "Step 1: quiet towns [score=0.2]\nStep 2: shoulder season [score=0.6]\nStep 3: go to Lofoten<|im_end|>"
     r2 = "No markers at all [score=-0.4]"
-    with serving([prm.base_url], "--reward-aggregation", "sum") as (url, _):
+    with serving([prm.base_url], reward_aggregation="sum") as (url, _):
         out = post(url, "/get_reward", reward_body(r1, r2)).json()
     assert out["rewards"] == pytest.approx([0.2 + 0.6 + 0.5, -0.4])  # the paper's R_dense = sum of step scores
     assert out["scores"] == pytest.approx([(1.3 / 3 + 1) / 2, 0.3])
@@ -43,7 +43,7 @@ def test_get_reward_protocol_dense_reward_and_carrier(prm):
 
 def test_mean_aggregation_and_more_steps_than_width_merge_into_last(prm):
     response = "\n".join(f"Step {i}: s{i} [score=0.{i}]" for i in range(1, 7))
-    with serving([prm.base_url], "--reward-aggregation", "mean") as (url, _):
+    with serving([prm.base_url], reward_aggregation="mean") as (url, _):
         out = post(url, "/get_reward", reward_body(response)).json()
     # width 4: steps 4..6 merge into step 4, judged with its first tag (0.4)
     assert out["extra_logs"]["cdpa_num_steps"] == [4.0]
@@ -58,7 +58,7 @@ def test_openrlhf_client_and_experience_read_the_answer(prm, tiny_tokenizer):
     prompt_ids = tiny_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     action_ids = tiny_tokenizer(response, add_special_tokens=False)["input_ids"]
     query = tiny_tokenizer.decode(prompt_ids + action_ids, skip_special_tokens=False)  # as the host builds it
-    with serving([prm.base_url], "--reward-aggregation", "sum") as (url, _):
+    with serving([prm.base_url], reward_aggregation="sum") as (url, _):
         executor = SingleTurnAgentExecutor(remote_rm_url=url + "/get_reward")
         [info] = asyncio.run(executor._fetch_rewards_via_http([query], [PROMPT], [LABEL]))
     assert info["rewards"] == pytest.approx([0.2])
@@ -75,7 +75,7 @@ def test_openrlhf_client_and_experience_read_the_answer(prm, tiny_tokenizer):
 
 
 def test_transient_faults_are_retried_and_counted(prm):
-    with serving([prm.base_url], "--retries", "3") as (url, _):
+    with serving([prm.base_url], client={"retries": 3}) as (url, _):
         prm.enqueue(Fault.http(500), Fault.http(429), Fault.hang(3.0))
         out = post(url, "/get_reward", reward_body("Step 1: fine [score=0.7]")).json()
         metrics = httpx.get(url + "/metrics").text
@@ -87,7 +87,7 @@ def test_transient_faults_are_retried_and_counted(prm):
 
 
 def test_failure_policy_fail_answers_502_naming_the_sample(prm):
-    with serving([prm.base_url], "--failure-policy", "fail") as (url, _):
+    with serving([prm.base_url], failure_policy="fail") as (url, _):
         bad = post(url, "/get_reward", reward_body("Step 1: ok\nStep 2: broken [http=500]"))
         assert bad.status_code == 502
         detail = bad.json()["detail"]
@@ -100,7 +100,7 @@ def test_failure_policy_fail_answers_502_naming_the_sample(prm):
                                        ("[score=nan]", "unparsable"), ("[hang=3]", "timeout"),
                                        ("[http=400]", "client_error")])  # fmt: skip
 def test_failure_policy_drop_marks_the_sample(prm, tag, kind):
-    with serving([prm.base_url], "--failure-policy", "drop") as (url, _):
+    with serving([prm.base_url], failure_policy="drop") as (url, _):
         out = post(url, "/get_reward", reward_body(f"Step 1: a [score=0.4]\nStep 2: b {tag}")).json()
         metrics = httpx.get(url + "/metrics").text
     logs = out["extra_logs"]
@@ -115,7 +115,7 @@ def test_failure_policy_drop_marks_the_sample(prm, tag, kind):
 
 def test_failure_policy_score_x_and_off_scale_scores_are_failures_not_clipped(prm):
     response = "Step 1: a [score=7]\nStep 2: b [score=nan]\nStep 3: c [score=-3]\nStep 4: d [score=0.9]"
-    with serving([prm.base_url], "--failure-policy", "score=-0.5", "--reward-aggregation", "sum") as (url, _):
+    with serving([prm.base_url], failure_policy="score=-0.5", reward_aggregation="sum") as (url, _):
         out = post(url, "/get_reward", reward_body(response)).json()
     # 7, NaN and -3 are unparsable (never clipped to 1.0 / -1.0): failed steps that get the chosen X.
     assert out["rewards"] == pytest.approx([-0.5 * 3 + 0.9])
@@ -125,7 +125,7 @@ def test_failure_policy_score_x_and_off_scale_scores_are_failures_not_clipped(pr
 
 def test_cache_scores_each_pair_once_and_shares_in_flight(prm):
     body = reward_body("Step 1: a [score=0.1]\nStep 2: b [score=0.2]")
-    with serving([prm.base_url], "--failure-policy", "drop") as (url, _):
+    with serving([prm.base_url], failure_policy="drop") as (url, _):
         first = post(url, "/get_reward", body).json()
         assert post(url, "/get_reward", body).json() == first
         assert len(prm.requests) == 2
@@ -190,7 +190,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("raw, status, message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
 def test_bad_input_gets_4xx_naming_the_field(prm, raw, status, message):
-    with serving([prm.base_url], max_body_bytes=4096) as (url, _):
+    with serving([prm.base_url], max_body_mb=4096 / (1 << 20)) as (url, _):
         content = raw if isinstance(raw, bytes) else raw.encode()
         response = httpx.post(url + "/get_reward", content=content, headers={"content-type": "application/json"})
         assert response.status_code == status
@@ -204,22 +204,22 @@ def test_oversized_chunked_body_is_refused(prm):
         for _ in range(10):
             yield b" " * 1024
 
-    with serving([prm.base_url], max_body_bytes=4096) as (url, _):
+    with serving([prm.base_url], max_body_mb=4096 / (1 << 20)) as (url, _):
         response = httpx.post(url + "/get_reward", content=chunks())
         assert response.status_code == 413
 
 
 def test_score_endpoint_gives_the_full_per_step_result(prm):
     response = "Sure.\nStep 1: quiet [score=0.2]\nStep 2: broken [score=none]"
-    with serving([prm.base_url], "--failure-policy", "score=0") as (url, _):
+    with serving([prm.base_url], failure_policy="score=0", reward_aggregation="weighted_mean") as (url, _):
         out = post(url, "/score", {"samples": [{"preference": P, "question": Q, "response": response}]}).json()
         via_host_form = post(url, "/score", reward_body("Step 1: a")).json()
         bad = post(url, "/score", {"samples": [{"preference": P, "question": Q}]})
     [result] = out["results"]
     assert result["num_steps"] == 2 and result["outcome"] == "fallback" and result["failures"] == 1
     s1, s2 = result["steps"]
-    n1, n2 = (len("".join(s["text"].split())) for s in (s1, s2))  # non-blank characters weigh the steps
-    assert result["reward"] == pytest.approx(0.2 * n1 / (n1 + n2))
+    n1, n2 = (sum(c.isalnum() for c in s["text"]) for s in (s1, s2))  # letters and digits weigh the steps
+    assert (n1, n2) == (21, 15) and result["reward"] == pytest.approx(0.2 * n1 / (n1 + n2))
     assert response[s1["start"] : s1["end"]] == "Sure.\nStep 1: quiet [score=0.2]\n"
     assert s1["text"] == "Sure.\nStep 1: quiet [score=0.2]" and s1["sample_scores"] == [0.2]
     assert "SCORE: 0.2" in s1["critiques"][0] and s1["latency_s"] > 0 and s1["attempts"] == 1
@@ -229,7 +229,7 @@ def test_score_endpoint_gives_the_full_per_step_result(prm):
 
 
 def test_k_sampled_critiques_are_aggregated(prm):
-    with serving([prm.base_url], "--k", "3", "--k-aggregation", "median", "--temperature", "0.8") as (url, _):
+    with serving([prm.base_url], k=3, k_aggregation="median", client={"temperature": 0.8}) as (url, _):
         prm.enqueue(["SCORE: 0.1", "SCORE: 0.9", "no score"], ["SCORE: 0.1", "SCORE: 0.3", "SCORE: 0.8"])
         out = post(url, "/score", {"samples": [{"preference": P, "question": Q, "response": "only step"}]}).json()
         out2 = post(url, "/score", {"samples": [{"preference": P, "question": Q, "response": "other"}]}).json()
@@ -258,7 +258,7 @@ def test_health_and_load_balancing_over_two_backends():
             assert health["status"] == "degraded" and "503" in health["backends"][1]["error"]
             b.stop()  # connection errors on b: retried on a
             out = post(url, "/get_reward", reward_body("Step 1: x [score=0.9]\nStep 2: y [score=0.1]")).json()
-            assert out["rewards"] == pytest.approx([0.5])  # equal lengths: the mean
+            assert out["rewards"] == pytest.approx([0.1])  # the default reward: the lowest step score
             a.healthy = False
             assert httpx.get(url + "/health").status_code == 503
     with ScriptedLLM(model="another-model") as c, serving([c.base_url]) as (url, _):
@@ -268,7 +268,7 @@ def test_health_and_load_balancing_over_two_backends():
 
 def test_score_cache_only_never_scores_and_health_reports_the_policy(prm):
     response = "Step 1: a [score=0.3]\nStep 2: b"
-    with serving([prm.base_url], "--failure-policy", "drop") as (url, _):
+    with serving([prm.base_url], failure_policy="drop") as (url, _):
         body = {**reward_body(response), "cache_only": True}
         assert post(url, "/score", body).json() == {"results": [{"outcome": "not_cached"}]}
         assert prm.requests == []
@@ -284,7 +284,7 @@ def test_score_cache_only_never_scores_and_health_reports_the_policy(prm):
 
 def test_a_dead_backend_leaves_rotation_and_metrics_and_health_say_so(unused_port):
     dead = f"http://127.0.0.1:{unused_port}/v1"
-    with ScriptedLLM(prm_step_judge()) as alive, serving([alive.base_url, dead], "--retries", "3") as (url, _):
+    with ScriptedLLM(prm_step_judge()) as alive, serving([alive.base_url, dead], client={"retries": 3}) as (url, _):
         responses = ["\n".join(f"Step {i}: r{r} s{i}" for i in range(1, 4)) for r in range(12)]
         out = post(url, "/get_reward", reward_body(*responses))
         assert out.status_code == 200 and out.json()["rewards"] == pytest.approx([0.5] * 12)  # all served by `alive`

@@ -1,15 +1,21 @@
-"""Step prompts, end-token stripping, templates, the failure policy and option checks (no HTTP except one test)."""
+"""Step prompts, end-token stripping, templates, the failure policy, the degenerate-step guard's rules and option
+checks (no HTTP except one test)."""
 
 import asyncio
+import random
+import string
+from dataclasses import replace
 
 import pytest
 
 from cdra_plugin.cdpa.prompts import prm_prompt, strip_end_tokens
 from cdra_plugin.cli import build_parser
 from cdra_plugin.llm.client import LLMClient
-from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
-from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer, load_template
+from cdra_plugin.prm.config import GatewayConfig, load_template
+from cdra_plugin.prm.content import content_chars, degenerate_steps, is_content, words
+from cdra_plugin.prm.gateway import Gateway
+from cdra_plugin.prm.reward import FailurePolicy, SampleFailed, resolve
+from cdra_plugin.prm.scoring import SampleResult, StepResult, StepScorer
 from cdra_plugin.stub import ScriptedLLM
 
 
@@ -46,10 +52,7 @@ def test_template_files_are_checked_and_used(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("P={preference} Q={question}\nCTX:\n{previous_steps}\nNOW: {current_step}")
     with ScriptedLLM() as llm:
-        args = build_parser().parse_args(
-            ["prm", "serve", "--backend", llm.base_url, "--model", "scripted-prm", "--template", str(good)]
-        )
-        gateway = build_gateway(args)
+        gateway = Gateway(GatewayConfig(backend=llm.base_url, model="scripted-prm", template=str(good)))
 
         async def score():
             try:
@@ -80,8 +83,10 @@ def test_failure_policy_parsing_and_resolution():
         resolve(result, FailurePolicy("fail"), "sample 7")
 
 
-def _args(*argv):
-    return build_parser().parse_args(["prm", "serve", "--backend", "http://127.0.0.1:9/v1", "--model", "m", *argv])
+def _config(*argv):
+    """The config of `cdra prm serve ARGV`: the command line's own path to it."""
+    args = build_parser().parse_args(["prm", "serve", "--backend", "http://127.0.0.1:9/v1", "--model", "m", *argv])
+    return GatewayConfig.from_namespace(args)
 
 
 @pytest.mark.parametrize(
@@ -96,14 +101,68 @@ def _args(*argv):
         (["--max-critique-tokens", "0"], "--max-critique-tokens must be >= 1"),
         (["--max-samples", "0"], "--max-samples must be >= 1"),
         (["--max-response-chars", "0"], "--max-response-chars must be >= 1"),
+        (["--max-body-mb", "0"], "--max-body-mb must be > 0"),
+        (["--header-timeout", "-1"], "--header-timeout must be > 0"),
+        (["--body-timeout", "0"], "--body-timeout must be > 0"),
+        (["--max-connections", "0"], "--max-connections must be >= 1"),
+        (["--reward-aggregation", "length_sum"], "--reward-aggregation must be one of min, mean, weighted_mean, sum"),
+        (["--template", "/nonexistent/prm.txt"], "--template /nonexistent/prm.txt: No such file"),
     ],
 )
 def test_bad_options_are_named(argv, message, monkeypatch):
     monkeypatch.delenv("CDRA_TEST_UNSET_VAR", raising=False)
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        build_gateway(_args(*argv))
+        Gateway(_config(*argv))
+
+
+def test_python_keywords_and_the_command_line_build_the_same_config():
+    argv = ["--k", "3", "--temperature", "0.7", "--failure-policy", "score=-1", "--no-degenerate-guard",
+            "--end-tokens", "</s>,<eos>", "--max-connections", "64", "--timeout", "9"]  # fmt: skip
+    keywords = GatewayConfig(backend="http://127.0.0.1:9/v1", model="m", k=3, failure_policy="score=-1",
+                             degenerate_guard=False, end_tokens=["</s>", "<eos>"], max_connections=64,
+                             client_options={"temperature": 0.7, "timeout": 9.0})  # fmt: skip
+    parsed = _config(*argv)
+    assert replace(parsed, client_options={}) == replace(keywords, client_options={})
+    assert parsed.policy == FailurePolicy("score", -1.0) and parsed.end_tokens == ("</s>", "<eos>")
+    built = [Gateway(c).scorer.client for c in (parsed, keywords)]
+    for attribute in ("sampling", "timeout", "retries", "backoff", "backoff_max", "concurrency", "prompt_format"):
+        assert getattr(built[0], attribute) == getattr(built[1], attribute), attribute
+    assert (built[0].timeout, built[0].retries, built[0].sampling["temperature"]) == (9.0, 2, 0.7)
+    assert _config().reward_aggregation == "min" and _config().degenerate_guard is True
+
+
+def test_old_aggregation_names_are_read_with_a_deprecation_line():
+    with pytest.warns(FutureWarning, match="--reward-aggregation length_mean is now called weighted_mean"):
+        assert _config("--reward-aggregation", "length_mean").reward_aggregation == "weighted_mean"
 
 
 def test_default_temperature_is_greedy_for_one_critique():
-    assert build_gateway(_args()).scorer.client.sampling["temperature"] == 0.0
-    assert build_gateway(_args("--k", "4")).scorer.client.sampling["temperature"] == 1.0
+    assert Gateway(_config()).scorer.client.sampling["temperature"] == 0.0
+    assert Gateway(_config("--k", "4")).scorer.client.sampling["temperature"] == 1.0
+
+
+def test_content_counts_letters_and_decimal_digits_of_any_script_and_nothing_invisible():
+    assert content_chars("Step one: 2 cats!") == 12
+    assert content_chars("\u0661\u0662 \u0968 \uff11") == 4  # Arabic-Indic, Devanagari, full-width digits count
+    assert content_chars("\u4eac\u90fd \u00e9t\u00e9 \u0928\u092e") == 7  # ideographs, accented and Indic letters
+    invisible = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202e\u3164\u115f\u1160\uffa0\u0301\u00b2\u2460\u00bd !?\t"
+    assert content_chars(invisible) == 0  # format characters, Hangul fillers, marks, other numerics, punctuation
+    rng = random.Random(0)
+    alphabet = string.printable + invisible + "\u00e9\u4eac\u0661\uff21"
+    for _ in range(2000):  # the ASCII fast path and the general rule agree with a plain loop over the characters
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert content_chars(text) == sum(is_content(ch) for ch in text), repr(text)
+
+
+def test_words_ignore_case_width_spacing_punctuation_and_format_characters():
+    same = [
+        "Go to Lofoten, now.",
+        "  GO to\tLOFOTEN -- now!",
+        "go\u200b to lo\u00adfoten now",
+        "\uff27\uff4f to Lofoten now",
+    ]
+    assert {words(text) for text in same} == {"go to lofoten now"}
+    assert words("Go to Lofot\u0435n now") != "go to lofoten now"  # a Cyrillic e: a homoglyph makes it new
+    assert degenerate_steps([*same, "Go to Bodo.", "?!...", "", "x = (3 + 4) / 2"]) == [
+        None, "repeated", "repeated", "repeated", None, "non_letters", "non_letters", "non_letters"
+    ]  # fmt: skip

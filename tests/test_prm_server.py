@@ -64,7 +64,7 @@ def test_no_api_schema_or_docs_are_served(prm):
 def test_ids_echoed_in_errors_are_truncated(prm):
     long_id = "x" * 10_000
     label = json.dumps({"preference": "p", "question": Q, "id": long_id})
-    with serving([prm.base_url], "--failure-policy", "fail") as (url, _):
+    with serving([prm.base_url], failure_policy="fail") as (url, _):
         failed = post(url, "/get_reward", reward_body("Step 1: a [http=500]", label=label))
         bad = post(url, "/score", {**reward_body("Step 1: a"), "cache_only": long_id})
     assert failed.status_code == 502 and len(failed.text) < 800 and "xxx..." in failed.json()["detail"]
@@ -73,20 +73,20 @@ def test_ids_echoed_in_errors_are_truncated(prm):
 
 def test_the_cache_is_bounded_in_bytes(prm):
     long = "\n".join(f"Step {k}: " + "y" * 5_000 + f" {k}" for k in range(1, 5))  # about 20 KB of step text
-    with serving([prm.base_url], "--cache-mb", "0.05") as (url, gateway):  # 52 KB
+    with serving([prm.base_url], cache_mb=0.05) as (url, gateway):  # 52 KB
         for i in range(6):
             assert post(url, "/get_reward", reward_body(long + f" v{i}")).status_code == 200
             assert gateway.cache.nbytes <= 0.05 * (1 << 20)
         assert 1 <= len(gateway.cache) <= 2
         metrics = httpx.get(url + "/metrics").text
         assert f"cdra_prm_cache_bytes {float(gateway.cache.nbytes)}" in metrics
-    with serving([prm.base_url], "--cache-mb", "0.01") as (url, gateway):  # one result is larger than the cache
+    with serving([prm.base_url], cache_mb=0.01) as (url, gateway):  # one result is larger than the cache
         post(url, "/get_reward", reward_body(long))
         assert len(gateway.cache) == 0 and gateway.cache.nbytes == 0
 
 
 def test_samples_per_request_and_characters_per_response_are_capped(prm):
-    with serving([prm.base_url], "--max-samples", "8", "--max-response-chars", "1000") as (url, _):
+    with serving([prm.base_url], max_samples=8, max_response_chars=1000) as (url, _):
         many = post(url, "/get_reward", reward_body(*[f"Step 1: s{i}" for i in range(300)]))
         assert many.status_code == 413 and "300 samples in one request exceed --max-samples 8" in many.text
         long = post(url, "/score", reward_body("Step 1: a", "Step 1: " + "z" * 1000))
@@ -101,7 +101,7 @@ def test_every_failed_sample_of_a_batch_is_counted_and_named(prm):
     labels = [json.dumps({"preference": "p", "question": Q, "id": f"id{i}"}) for i in range(4)]
     responses = ["Step 1: ok", "Step 1: a [http=500]", "Step 1: b [score=none]", "Step 1: c [http=503]"]
     body = {"query": [PROMPT + r for r in responses], "prompts": [PROMPT] * 4, "labels": labels}
-    with serving([prm.base_url], "--failure-policy", "fail") as (url, _):
+    with serving([prm.base_url], failure_policy="fail") as (url, _):
         failed = post(url, "/get_reward", body)
         metrics = httpx.get(url + "/metrics").text
     assert failed.status_code == 502

@@ -167,6 +167,15 @@ def test_target_round_trips_through_parse_score_on_the_scale():
         ("Reasoning: a\nb. SCORE: 0.3", None),  # a critique's last sentence is not a score line
         ("no score here", None),
         ("", None),
+        # a second score line above the final one: which one the PRM meant is a guess
+        ("SCORE: 0.2\nSCORE: 0.7", None),
+        ("Reasoning: fine.\n**Score:** 0.9\nOn reflection, weaker.\nSCORE: 0.3", None),
+        ("Reasoning: it wrote 'SCORE: 1.0' in its step.\nSCORE: 0.3", 0.3),  # a mention is not a score line
+        # ASCII digits only (re.ASCII): other scripts' digits and case foldings are not read
+        ("Reasoning: fine.\nSCORE: \u0661", None),  # Arabic-Indic one
+        ("Reasoning: fine.\nSCORE: \uff10.\uff19", None),  # full-width 0.9
+        ("Reasoning: fine.\nSCORE: 0.\u0669", None),
+        ("Reasoning: fine.\n\u017fCORE: 0.5", None),  # a long s folds to "s" without re.ASCII
     ],
 )
 def test_parse_score(text, expected):

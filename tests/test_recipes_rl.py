@@ -61,7 +61,7 @@ def test_every_recipe_is_valid_bash(name):  # the one `bash -n` check per recipe
         ({"AUTH_TOKEN_ENV": "CDRA_TEST_UNSET_TOKEN"}, "AUTH_TOKEN_ENV=CDRA_TEST_UNSET_TOKEN names an unset or empty"),
         ({"SKIP_HEALTH_CHECK": "yes"}, "SKIP_HEALTH_CHECK=yes: expected one of: 0 1"),
         ({"EVAL_PROMPTS": "eval.jsonl"}, "EVAL_PROMPTS=eval.jsonl not found"),
-        ({"REWARD_AGGREGATION": "total"}, "REWARD_AGGREGATION=total: expected one of: length_mean mean sum"),
+        ({"REWARD_AGGREGATION": "total"}, "REWARD_AGGREGATION=total: expected one of: min mean weighted_mean sum"),
     ],
 )
 def test_train_cdpa_checks_every_value(tmp_path, prompts, env, message):
@@ -98,7 +98,7 @@ def test_a_dry_run_checks_the_gateway_and_warns_when_none_answers(tmp_path, prom
     out = run_recipe("train_cdpa.sh", tmp_path, **env)
     assert out.returncode == 0 and out.stdout.startswith("ray job submit ")
     assert "warning: no PRM gateway answers at http://127.0.0.1:" in out.stderr and "DRY_RUN=1 goes on" in out.stderr
-    with gateway("--failure-policy", "drop") as url:
+    with gateway(failure_policy="drop") as url:
         out = run_recipe("train_cdpa.sh", tmp_path, REWARD_URL=url, **env)
         assert out.returncode == 0, out.stderr
         assert f"PRM gateway at {url}: ok, model pers-genprm, failure policy drop" in out.stderr
@@ -114,22 +114,22 @@ def test_a_dry_run_checks_the_gateway_and_warns_when_none_answers(tmp_path, prom
 
 def test_the_grpo_baseline_needs_the_papers_summed_reward_unless_told_otherwise(tmp_path, prompts):
     env = {"PROMPTS": str(prompts), "POLICY": "Qwen/Qwen2.5-7B-Instruct"}
-    with gateway() as url:  # the gateway's default aggregation, length_mean
+    with gateway() as url:  # the gateway's default aggregation, min
         out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, **env)
         assert out.returncode == 2 and out.stdout == ""
         (line,) = out.stderr.splitlines()[-1:]
         assert line == (
             f"train_grpo_baseline.sh: error: the PRM gateway at {url} is not usable: its reward aggregation is "
-            "length_mean, not REWARD_AGGREGATION=sum (R_dense = the sum of the step scores, the paper's GRPO (with "
+            "min, not REWARD_AGGREGATION=sum (R_dense = the sum of the step scores, the paper's GRPO (with "
             "PRM) reward): restart it with REWARD_AGGREGATION=sum bash recipes/serve_prm.sh, or set "
-            "REWARD_AGGREGATION=length_mean to train on its reward"
+            "REWARD_AGGREGATION=min to train on its reward"
         )
-        # The explicit opt-out: GRPO on the gateway's length-weighted mean, knowingly not the paper's row.
-        out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, REWARD_AGGREGATION="length_mean", **env)
-        assert out.returncode == 0 and "reward aggregation length_mean" in out.stderr, out.stderr
+        # The explicit opt-out: GRPO on the gateway's default reward (min), knowingly not the paper's row.
+        out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, REWARD_AGGREGATION="min", **env)
+        assert out.returncode == 0 and "reward aggregation min" in out.stderr, out.stderr
         out = run_recipe("train_cdpa.sh", tmp_path, REWARD_URL=url, **env)  # CDPA reads the step scores: any
         assert out.returncode == 0, out.stderr
-    with gateway("--reward-aggregation", "sum") as url:
+    with gateway(reward_aggregation="sum") as url:
         out = run_recipe("train_grpo_baseline.sh", tmp_path, REWARD_URL=url, **env)
         assert out.returncode == 0, out.stderr
         ok = f"PRM gateway at {url}: ok, model pers-genprm, failure policy fail, reward aggregation sum"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cdra_plugin.cdpa.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION
 from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, REWARD_AGGREGATIONS
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "serve_prm.sh"
 
@@ -34,7 +34,8 @@ def run(**env) -> subprocess.CompletedProcess:
         ({"MAX_STEPS": "0"}, "MAX_STEPS=0: expected a whole number >= 1"),
         ({"DRY_RUN": "true"}, "DRY_RUN=true: expected one of: 0 1"),
         ({"GPU_CHECK": "off"}, "GPU_CHECK=off: expected one of: 0 1"),
-        ({"REWARD_AGGREGATION": "sums"}, "REWARD_AGGREGATION=sums: expected one of: " + " ".join(REWARD_AGGREGATIONS)),
+        ({"REWARD_AGGREGATION": "sums"}, "REWARD_AGGREGATION=sums: expected one of: " + " ".join(AGGREGATIONS)),
+        ({"REWARD_AGGREGATION": "length_mean"}, "REWARD_AGGREGATION=length_mean: expected one of: min mean"),
         ({"LOG_DIR": "/dev/null"}, "LOG_DIR=/dev/null exists and is not a folder"),
         ({"GATEWAY_HOST": "0.0.0.0:5000"}, "GATEWAY_HOST=0.0.0.0:5000: expected a host name or IPv4 address"),
     ],
@@ -60,7 +61,7 @@ def gateway_args(out: subprocess.CompletedProcess):
     return build_parser().parse_args(command[1:])
 
 
-@pytest.mark.parametrize("aggregation", REWARD_AGGREGATIONS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_reward_aggregation_reaches_the_gateway(aggregation):
     assert gateway_args(run(REWARD_AGGREGATION=aggregation)).reward_aggregation == aggregation
 
@@ -68,7 +69,7 @@ def test_reward_aggregation_reaches_the_gateway(aggregation):
 def test_an_empty_reward_aggregation_leaves_the_gateway_default_and_help_lists_the_choices(capsys):
     out = run()
     assert "--reward-aggregation" not in out.stdout
-    assert gateway_args(out).reward_aggregation == DEFAULT_REWARD_AGGREGATION
+    assert gateway_args(out).reward_aggregation == DEFAULT_AGGREGATION
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prm", "serve", "--help"])
-    assert f"--reward-aggregation {{{','.join(REWARD_AGGREGATIONS)}}}" in capsys.readouterr().out
+    assert f"--reward-aggregation {{{','.join(AGGREGATIONS)}}}" in capsys.readouterr().out

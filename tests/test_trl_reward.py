@@ -7,15 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from prm_helpers import serving
 
 from cdra_plugin.cdpa.align import align_steps
-from cdra_plugin.cli import build_parser
-from cdra_plugin.prm.cli import build_gateway
-from cdra_plugin.prm.server import create_app
-from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
+from cdra_plugin.stub import ScriptedLLM, prm_step_judge
 from cdra_plugin.trl.reward import GatewayReward
 
-FAST = ["--timeout", "0.5", "--retries", "1", "--backoff", "0.001", "--backoff-max", "0.002"]
+FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.001, "backoff_max": 0.002}
 LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where should I travel in May?"})
 PROMPT = [{"role": "user", "content": "Where should I travel in May?"}]
 ANSWERS = [
@@ -26,12 +24,12 @@ ANSWERS = [
 
 
 @contextlib.contextmanager
-def gateway(*argv, auth_token=None):
-    with ScriptedLLM(prm_step_judge(default=0.5), model="prm") as llm:
-        args = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--max-steps", "8", *FAST, *argv]
-        app = create_app(build_gateway(build_parser().parse_args(args)), auth_token=auth_token)
-        with BackgroundServer(app) as server:
-            yield server.url + "/get_reward"
+def gateway(**options):
+    with (
+        ScriptedLLM(prm_step_judge(default=0.5)) as llm,
+        serving([llm.base_url], width=8, client=FAST, **options) as (url, _),
+    ):
+        yield url + "/get_reward"
 
 
 def call(reward, tokenizer, answers, **kwargs):
@@ -44,7 +42,7 @@ def call(reward, tokenizer, answers, **kwargs):
 
 def test_rewards_are_r_dense_and_failed_samples_are_masked(tiny_tokenizer):
     logged = {}
-    with gateway("--failure-policy", "drop", "--reward-aggregation", "sum") as url:
+    with gateway(failure_policy="drop", reward_aggregation="sum") as url:
         reward = GatewayReward(url, tiny_tokenizer)
         rewards, ids = call(reward, tiny_tokenizer, ANSWERS, log_metric=logged.__setitem__)
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == pytest.approx(1.2)
@@ -61,20 +59,20 @@ def test_rewards_are_r_dense_and_failed_samples_are_masked(tiny_tokenizer):
 
 
 def test_mean_aggregation_and_explicit_fallback_are_the_gateways(tiny_tokenizer):
-    with gateway("--failure-policy", "score=0.25", "--reward-aggregation", "mean") as url:
+    with gateway(failure_policy="score=0.25", reward_aggregation="mean") as url:
         rewards, _ = call(GatewayReward(url, tiny_tokenizer), tiny_tokenizer, ANSWERS)
     assert rewards == pytest.approx([0.5, 0.4, (0.5 + 0.25) / 2])
 
 
 def test_fail_policy_stops_training_with_the_gateways_reason(tiny_tokenizer):
-    with gateway("--failure-policy", "fail") as url:
+    with gateway(failure_policy="fail") as url:
         with pytest.raises(RuntimeError, match=r"HTTP 502: .*sample 2.*failure-policy fail"):
             call(GatewayReward(url, tiny_tokenizer), tiny_tokenizer, ANSWERS)
 
 
 def test_bearer_token_from_the_environment(tiny_tokenizer, monkeypatch):
     monkeypatch.setenv("CDRA_TEST_TOKEN", "s3cret")
-    with gateway("--reward-aggregation", "sum", auth_token="s3cret") as url:
+    with gateway(reward_aggregation="sum", auth_token="s3cret") as url:
         rewards, _ = call(GatewayReward(url, tiny_tokenizer, auth_token_env="CDRA_TEST_TOKEN"), tiny_tokenizer,
                           ANSWERS[:1])  # fmt: skip
         assert rewards == pytest.approx([1.0])
@@ -84,7 +82,7 @@ def test_bearer_token_from_the_environment(tiny_tokenizer, monkeypatch):
 
 def test_a_token_in_the_url_never_appears_in_errors(tiny_tokenizer, unused_port):
     # http://user:TOKEN@host is how OpenRLHF's client passes the gateway's token; httpx sends it as basic auth
-    with gateway("--reward-aggregation", "sum", auth_token="right-token") as url:
+    with gateway(reward_aggregation="sum", auth_token="right-token") as url:
         good = url.replace("http://", "http://cdra:right-token@")
         assert call(GatewayReward(good, tiny_tokenizer), tiny_tokenizer, ANSWERS[:1])[0] == pytest.approx([1.0])
         with pytest.raises(RuntimeError, match="HTTP 401") as refused:

@@ -15,8 +15,8 @@ pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'cdra-p
 from recipe_helpers import gateway, write_prompts
 from transformers import HfArgumentParser  # noqa: E402
 
-from cdra_plugin.cli import build_parser  # noqa: E402
-from cdra_plugin.prm.cli import build_gateway  # noqa: E402
+from cdra_plugin.prm.config import GatewayConfig  # noqa: E402
+from cdra_plugin.prm.gateway import Gateway  # noqa: E402
 from cdra_plugin.prm.server import create_app  # noqa: E402
 from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge  # noqa: E402
 from cdra_plugin.stub.processes import free_port
@@ -65,7 +65,7 @@ def prompts(tmp_path):
         ({"VLLM_MEMORY": "1.5"}, "VLLM_MEMORY=1.5: expected a number in (0, 1]"),
         ({"SAVE_STEPS": "often"}, "SAVE_STEPS=often: expected a whole number >= 1"),
         ({"REWARD_URL": "http://127.0.0.1:5000/score"}, "must be the gateway's http://HOST:PORT/get_reward"),
-        ({"REWARD_AGGREGATION": "total"}, "REWARD_AGGREGATION=total: expected one of: length_mean mean sum"),
+        ({"REWARD_AGGREGATION": "total"}, "REWARD_AGGREGATION=total: expected one of: min mean weighted_mean sum"),
         ({"AUTH_TOKEN_ENV": "CDRA_TEST_UNSET_TOKEN"}, "AUTH_TOKEN_ENV=CDRA_TEST_UNSET_TOKEN names an unset or empty"),
         ({"SKIP_HEALTH_CHECK": "yes"}, "SKIP_HEALTH_CHECK=yes: expected one of: 0 1"),
         ({"GPU_CHECK": "no"}, "GPU_CHECK=no: expected one of: 0 1"),
@@ -102,21 +102,21 @@ def test_a_dry_run_checks_the_gateway_and_warns_when_none_answers(tmp_path, prom
 
 def test_the_grpo_estimator_needs_the_papers_summed_reward_unless_told_otherwise(tmp_path, prompts):
     env = {"PROMPTS": str(prompts), "POLICY": HUB}
-    with gateway() as url:  # the gateway's default aggregation, length_mean
+    with gateway() as url:  # the gateway's default aggregation, min
         out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", **env)
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.splitlines()[-1] == (
             f"train_cdpa_trl.sh: error: the PRM gateway at {url} is not usable: its reward aggregation is "
-            "length_mean, not REWARD_AGGREGATION=sum (R_dense = the sum of the step scores, the paper's GRPO (with "
+            "min, not REWARD_AGGREGATION=sum (R_dense = the sum of the step scores, the paper's GRPO (with "
             "PRM) reward): restart it with REWARD_AGGREGATION=sum bash recipes/serve_prm.sh, or set "
-            "REWARD_AGGREGATION=length_mean to train on its reward"
+            "REWARD_AGGREGATION=min to train on its reward"
         )
-        # The explicit opt-out: GRPO on the gateway's length-weighted mean, knowingly not the paper's row.
-        out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", REWARD_AGGREGATION="length_mean", **env)
-        assert out.returncode == 0 and "reward aggregation length_mean" in out.stderr, out.stderr
+        # The explicit opt-out: GRPO on the gateway's default reward (min), knowingly not the paper's row.
+        out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", REWARD_AGGREGATION="min", **env)
+        assert out.returncode == 0 and "reward aggregation min" in out.stderr, out.stderr
         out = run_recipe(tmp_path, REWARD_URL=url, **env)  # CDPA reads the step scores: any aggregation
         assert out.returncode == 0, out.stderr
-    with gateway("--reward-aggregation", "sum") as url:
+    with gateway(reward_aggregation="sum") as url:
         out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", **env)
         assert out.returncode == 0 and "reward aggregation sum" in out.stderr, out.stderr
         assert "--estimator grpo" in out.stdout
@@ -125,7 +125,7 @@ def test_the_grpo_estimator_needs_the_papers_summed_reward_unless_told_otherwise
 def test_a_drop_gateway_serves_both_estimators(tmp_path, prompts):
     # Unlike OpenRLHF's GRPO baseline (train_grpo_baseline.sh refuses it): the entry point's GatewayReward gives a
     # dropped sample None, which TRL's own GRPOTrainer leaves out (test_entry_point_grpo_leaves_dropped_samples_out).
-    with gateway("--failure-policy", "drop", "--reward-aggregation", "sum") as url:
+    with gateway(failure_policy="drop", reward_aggregation="sum") as url:
         for estimator in ("cdpa", "grpo"):
             out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR=estimator, PROMPTS=str(prompts), POLICY=HUB)
             assert out.returncode == 0, out.stderr
@@ -150,9 +150,10 @@ def test_recipe_command_has_the_papers_defaults_and_trl_accepts_it(tmp_path, pro
 
 def test_entry_point_trains_through_the_gateway(tmp_path, prompts, tiny_model_path):
     out_dir = tmp_path / "out"
-    with ScriptedLLM(prm_step_judge(default=0.5)) as llm:
-        argv = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--failure-policy", "drop"]
-        with BackgroundServer(create_app(build_gateway(build_parser().parse_args(argv)))) as gateway:
+    with ScriptedLLM(prm_step_judge(default=0.5), model="prm") as llm:
+        # the tiny random policy writes token soup, which the degenerate-step guard would score without the PRM
+        config = GatewayConfig(backend=llm.base_url, model="prm", failure_policy="drop", degenerate_guard=False)
+        with BackgroundServer(create_app(Gateway(config))) as gateway:
             main(["--model_name_or_path", str(tiny_model_path), "--prompts", str(prompts),
                   "--reward_url", gateway.url + "/get_reward", "--output_dir", str(out_dir), "--max_steps", "1",
                   "--num_generations", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
@@ -168,9 +169,15 @@ def test_entry_point_grpo_leaves_dropped_samples_out(tmp_path, prompts, tiny_mod
     out_dir = tmp_path / "out"
     unscored = "Reasoning: I cannot judge this."  # every step unscored: every sample dropped
     with ScriptedLLM(lambda request: unscored, model="prm") as llm:
-        argv = ["prm", "serve", "--backend", llm.base_url, "--model", "prm", "--failure-policy", "drop",
-                "--reward-aggregation", "sum", "--retries", "0"]  # fmt: skip
-        with BackgroundServer(create_app(build_gateway(build_parser().parse_args(argv)))) as gateway:
+        config = GatewayConfig(
+            backend=llm.base_url,
+            model="prm",
+            failure_policy="drop",
+            reward_aggregation="sum",
+            degenerate_guard=False,
+            client_options={"retries": 0},
+        )  # every step to the PRM
+        with BackgroundServer(create_app(Gateway(config))) as gateway:
             main(["--model_name_or_path", str(tiny_model_path), "--prompts", str(prompts), "--estimator", "grpo",
                   "--reward_url", gateway.url + "/get_reward", "--output_dir", str(out_dir), "--max_steps", "1",
                   "--num_generations", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "8",

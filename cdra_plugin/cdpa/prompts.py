@@ -21,8 +21,9 @@ The policy's text is hostile input (the policy is trained to raise the score it 
   ``<|eot_id|>``, ``<start_of_turn>``, ``</s>``, ``[INST]``, ...: ``SPECIAL_TOKEN``) by a space after their first
   character, so a tokenizer never turns them into the special tokens that would close the user turn.
 
-``parse_score`` reads the PRM's final line only, and only a plain number in [-1, 1]: a score anywhere else (the
-critique quoting a step), off the scale (``7``, ``-5``), not a plain number (``8/10``, ``0,9``, ``1e309``) is
+``parse_score`` reads the PRM's final line only, and only a plain number of ASCII digits in [-1, 1]: a score
+anywhere else (the critique quoting a step), off the scale (``7``, ``-5``), not a plain number (``8/10``, ``0,9``,
+``1e309``, Arabic-Indic or full-width digits), or a second score line above the final one is
 unparsable, never clipped: the caller retries and then counts a failure.
 
 Templates are filled with ``fill`` (one pass over ``{name}`` fields): preferences containing braces or the text
@@ -148,15 +149,29 @@ QUOTE = "> "  # prefix of every line of the policy's text in the PRM prompt
 NO_PREVIOUS_STEPS = "(none)"
 SCORE_MIN, SCORE_MAX = -1.0, 1.0  # the Fig. 15 scale
 _FIELD = re.compile(r"\{(\w+)\}")
-# The final line: "SCORE: 0.7", tolerant of markdown ("**SCORE:** 0.7"), brackets ("SCORE: [0.7]"), "=" and a
-# closing period. The number is plain: digits with an optional fraction, no exponent, no comma, no fraction bar.
-_SCORE_TAIL = re.compile(
-    r"SCORE[ \t*_]*[:=][ \t*_]*\[?[ \t]*(?P<num>[-+]?(?:\d+(?:\.\d+)?|\.\d+))[ \t]*\]?[ \t*_.`]*", re.IGNORECASE
-)
-_SCORE_LABEL = re.compile(r"SCORE[ \t*_]*[:=]", re.IGNORECASE)
-_LINE_START = re.compile(r"[ \t*_#`]*(?:<\|im_start\|>[ \t]*)?")  # never ">": a quoted step is not the PRM's line
+
+
+def score_line(label: str) -> re.Pattern:
+    """The rule for a line that gives a score (``fullmatch`` it against one line): ``label`` in any case, ``:`` or
+    ``=``, then a plain number: ASCII digits with an optional fraction, no exponent, no comma, no fraction bar.
+
+    Markdown (``**SCORE:** 0.7``), brackets (``SCORE: [0.7]``), a leading ``<|im_start|>`` and a closing period
+    are tolerated; a line starting with ``>`` (a quoted step) never is one. ASCII only (``re.ASCII``): ``\\d`` and
+    the case folding of other scripts would read Arabic-Indic or full-width digits as numbers and a long s (U+017F) as
+    the label's S. The PRM's answer (``parse_score``) and the DeepPref evaluator's (``cdra_plugin.construct``) are
+    read with it: the final line must match, and an earlier line that matches makes the answer ambiguous.
+    """
+    return re.compile(
+        r"[ \t*_#`]*(?:<\|im_start\|>[ \t]*)?" + r"[ \t]+".join(map(re.escape, label.split()))
+        + r"[ \t*_]*[:=][ \t*_]*\[?[ \t]*(?P<num>[-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+))[ \t]*\]?[ \t*_.`]*",
+        re.IGNORECASE | re.ASCII,
+    )  # fmt: skip
+
+
+SCORE_LINE = score_line("SCORE")
+_SCORE_LABEL = re.compile(r"SCORE[ \t*_]*[:=]", re.IGNORECASE | re.ASCII)
 # Fig. 15's own example answers on one line: "<|im_start|> Reasoning: ... SCORE: [x]<|im_end|>".
-_REASONING_START = re.compile(r"[ \t*_]*(?:<\|im_start\|>[ \t]*)?Reasoning[ \t*_]*:", re.IGNORECASE)
+_REASONING_START = re.compile(r"[ \t*_]*(?:<\|im_start\|>[ \t]*)?Reasoning[ \t*_]*:", re.IGNORECASE | re.ASCII)
 
 
 def fill(template: str, **fields: str) -> str:
@@ -252,16 +267,19 @@ def final_line(text: str) -> str:
 def parse_score(text: str) -> float | None:
     """The score on the PRM's final line; ``None`` when that line holds no plain number in [-1, 1].
 
-    The final line is ``SCORE: <number>`` (markdown, brackets, "=" tolerated), or, when the whole answer is one
-    line, Fig. 15's example form ``Reasoning: ... SCORE: <number>`` with one SCORE label. ``None`` is a failure
-    for the caller to retry and count; it is never turned into a value here.
+    The final line is a ``SCORE_LINE`` (``SCORE: <number>``, see ``score_line``) and no earlier line is one (which
+    one the PRM meant would be a guess), or, when the whole answer is one line, Fig. 15's example form
+    ``Reasoning: ... SCORE: <number>`` with one SCORE label. ``None`` is a failure for the caller to retry and
+    count; it is never turned into a value here.
     """
     lines = _answer_lines(text)
-    line = lines[-1] if lines else ""
-    match = _SCORE_TAIL.fullmatch(line, _LINE_START.match(line).end())
+    if not lines or any(SCORE_LINE.fullmatch(line) for line in lines[:-1]):
+        return None
+    line = lines[-1]
+    match = SCORE_LINE.fullmatch(line)
     labels = list(_SCORE_LABEL.finditer(line))
     if match is None and len(lines) == 1 and len(labels) == 1 and _REASONING_START.match(line):
-        match = _SCORE_TAIL.fullmatch(line, labels[0].start())
+        match = SCORE_LINE.fullmatch(line, labels[0].start())
     if match is None:
         return None
     value = float(match.group("num"))

@@ -22,8 +22,9 @@ PRM gateway's prompts do (``cdra_plugin.cdpa.prompts.neutralize``): a generated 
 never closes the user turn of the next prompt.
 
 Parsers are strict (``parse_node_score``, ``parse_path_score``): the score must be the final line, a plain number in
-range, after a non-empty critique; anything else is ``Unparsable`` (the caller retries, then counts a failure). A
-score is never clipped, guessed or defaulted.
+range, after a non-empty critique, with no other score line above it; what a score line is, is the PRM's own rule
+(``cdra_plugin.cdpa.prompts.score_line``); anything else is ``Unparsable`` (the caller retries, then counts a
+failure). A score is never clipped, guessed or defaulted.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from cdra_plugin.cdpa.prompts import SCORING_BUDGET, SCORING_SCALE, fill, neutralize
+from cdra_plugin.cdpa.prompts import SCORING_BUDGET, SCORING_SCALE, fill, neutralize, score_line
 
 
 @dataclass(frozen=True)
@@ -213,9 +214,10 @@ def path_score_prompt(preference: str, question: str, thoughts: list[str], answe
     )
 
 
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"  # plain decimal: no exponent, no nan/inf
-_NODE_SCORE_LINE = re.compile(rf"SCORE:[ \t]*(?:\[[ \t]*({_NUMBER})[ \t]*\]|({_NUMBER}))")
-_PATH_SCORE_LINE = re.compile(rf"FINAL SCORE:[ \t]*(?:\[[ \t]*({_NUMBER})[ \t]*\]|({_NUMBER}))")
+# The PRM's rule for a score line (``cdra_plugin.cdpa.prompts.score_line``): the same tolerance and the same
+# strictness (ASCII digits, any earlier score line is ambiguous) for the annotations the PRM is trained on.
+_NODE_SCORE_LINE = score_line("SCORE")
+_PATH_SCORE_LINE = score_line("FINAL SCORE")
 _NODE_LABEL = re.compile(r"^\s*(?:\*\*)?reasoning(?:\*\*)?\s*:\s*(?:\*\*)?", re.IGNORECASE)
 _PATH_LABEL = re.compile(r"^\s*(?:\*\*)?holistic reasoning(?:\*\*)?\s*:\s*(?:\*\*)?", re.IGNORECASE)
 
@@ -227,10 +229,10 @@ def _parse(text: str, line: re.Pattern, label: re.Pattern, low: float, high: flo
     match = line.fullmatch(lines[-1].strip())
     if match is None:
         raise Unparsable(f"the final line is not '{name}: <number>': {lines[-1].strip()[:80]!r}")
-    value = float(match.group(1) or match.group(2))
+    value = float(match.group("num"))
     if not (math.isfinite(value) and low <= value <= high):
         raise Unparsable(f"{name} {value:g} is outside [{low:g}, {high:g}]")
-    if any(line.match(earlier.strip()) for earlier in lines[:-1]):
+    if any(line.fullmatch(earlier.strip()) for earlier in lines[:-1]):
         raise Unparsable(f"more than one {name} line")  # which one the evaluator meant is a guess
     critique = label.sub("", "\n".join(lines[:-1]).strip(), count=1).strip()
     if not critique:
@@ -241,8 +243,9 @@ def _parse(text: str, line: re.Pattern, label: re.Pattern, low: float, high: flo
 def parse_node_score(text: str) -> tuple[str, float]:
     """Fig. 12 output -> (critique, score in [-1, 1]); ``Unparsable`` otherwise.
 
-    The score is the final line, ``SCORE: 0.7`` or ``SCORE: [0.7]``; the critique is the text above it (a leading
-    "Reasoning:" label removed, since the PRM target adds its own). An earlier SCORE line makes the output ambiguous.
+    The score is the final line, a score line as the PRM's (``SCORE: 0.7``, ``**Score:** [0.7]``, ASCII digits);
+    the critique is the text above it (a leading "Reasoning:" label removed, since the PRM target adds its own). An
+    earlier score line (in any case, in markdown) makes the output ambiguous.
     """
     return _parse(text, _NODE_SCORE_LINE, _NODE_LABEL, -1.0, 1.0, "SCORE")
 

@@ -142,7 +142,8 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
-    from cdra_plugin.prm.cli import build_gateway, parse_serve_args
+    from cdra_plugin.prm.config import GatewayConfig
+    from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.server import create_app
     from cdra_plugin.trl.reward import GatewayReward
     from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer
@@ -150,10 +151,12 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
     with tempfile.TemporaryDirectory(prefix="cdra-learn-") as tmp, ScriptedLLM(prm_script) as prm:
         policy = policy or build_policy(Path(tmp) / "policy", seed=seed)
         # the gateway as `cdra prm serve` builds it; a scripted PRM answers at once, so retries need no backoff. Its
-        # scalar reward is the paper's R_dense (sum), what TRL's own GRPO baseline trains on.
-        argv = ["--backend", prm.base_url, "--model", "scripted-prm", "--max-steps", "8",
-                "--failure-policy", "drop", "--backoff", "0.01", "--reward-aggregation", "sum"]  # fmt: skip
-        with BackgroundServer(create_app(build_gateway(parse_serve_args(argv)))) as gateway:
+        # scalar reward is the paper's R_dense (sum), what TRL's own GRPO baseline trains on. Steps of eight words
+        # repeat by chance, and the curves compare modes, not the degenerate-step guard: it is off.
+        config = GatewayConfig(backend=prm.base_url, model="scripted-prm", max_steps=8, failure_policy="drop",
+                               reward_aggregation="sum", degenerate_guard=False,
+                               client_options={"backoff": 0.01})  # fmt: skip
+        with BackgroundServer(create_app(Gateway(config))) as gateway:
             tokenizer = AutoTokenizer.from_pretrained(policy)
             reward = GatewayReward(gateway.url + "/get_reward", tokenizer)
             rows = [{"prompt": messages(p, q), "label": json.dumps({"preference": p, "question": q})}

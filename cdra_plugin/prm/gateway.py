@@ -1,12 +1,14 @@
 """The Pers-GenPRM gateway without its HTTP layer: samples in, rewards and per-step results out (paper Sec. 2.3).
 
-``Gateway`` puts the step scorer (``scoring``) behind the result cache (``cache``), applies the failure policy
-(``policy``) and the reward aggregation (``reward``), and answers in OpenRLHF's remote RM protocol (``protocol``).
-``server`` serves it over HTTP (``cdra prm serve``); ``offline`` runs it over a JSONL file (``cdra prm score``).
+``Gateway(config)`` builds what a ``GatewayConfig`` (``cdra_plugin.prm.config``) describes: the PRM client
+(``cdra_plugin.llm``), the step scorer (``scoring``) behind the result cache (``cache``), and the metrics. A request
+goes one way: admitted against the limits, each sample scored through the cache, then made a reward answer by
+``reward`` (failure policy, aggregation, logs, carrier) and written in OpenRLHF's JSON by ``protocol``. ``server``
+serves it over HTTP (``cdra prm serve``); ``offline`` runs it over a JSONL file (``cdra prm score``).
 
-Limits (``cdra_plugin.prm.limits``), each a clear 413 naming its option, before any PRM call: ``--max-samples``
-per request that scores (a ``/score`` with ``cache_only`` scores nothing and is not limited) and
-``--max-response-chars`` per response; the result cache is bounded in bytes (``--cache-mb``).
+Limits, each a clear 413 naming its option, before any PRM call: ``--max-samples`` per request that scores (a
+``/score`` with ``cache_only`` scores nothing and is not limited) and ``--max-response-chars`` per response; the
+result cache is bounded in bytes (``--cache-mb``).
 
 Metrics: samples by outcome are counted per sample, also when a batch fails under ``fail`` (every failed sample
 counts, and the 502 names them all).
@@ -16,71 +18,67 @@ from __future__ import annotations
 
 import asyncio
 
-from cdra_plugin.prm import limits
+from cdra_plugin.llm.options import connect
 from cdra_plugin.prm.cache import ResultCache, content_key
+from cdra_plugin.prm.config import GatewayConfig
 from cdra_plugin.prm.metrics import Metrics
-from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
-from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, reward_response, summarize
-from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, check_aggregation
+from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, reward_response
+from cdra_plugin.prm.reward import Outcome, SampleFailed, log_keys, resolve, summarize
 from cdra_plugin.prm.scoring import SampleResult, StepScorer
 
 
 class Gateway:
-    """Scoring through the cache, the failure policy, the reward aggregation and the protocol's summaries."""
+    """Scoring through the cache, then the reward answer (see module docstring); ``config`` says how."""
 
-    def __init__(
-        self,
-        scorer: StepScorer,
-        *,
-        policy: FailurePolicy,
-        reward_aggregation: str = DEFAULT_REWARD_AGGREGATION,
-        cache_mb: float = limits.DEFAULT_CACHE_MB,
-        max_samples: int = limits.DEFAULT_MAX_SAMPLES,
-        max_response_chars: int = limits.DEFAULT_MAX_RESPONSE_CHARS,
-        metrics: Metrics | None = None,
-    ):
-        if max_samples < 1 or max_response_chars < 1:
-            raise ValueError("--max-samples and --max-response-chars must be >= 1")
-        self.scorer = scorer
-        self.policy = policy
-        self.reward_aggregation = check_aggregation(reward_aggregation)
-        self.max_samples = max_samples
-        self.max_response_chars = max_response_chars
-        self.metrics = metrics or Metrics()
-        self.cache = ResultCache(int(cache_mb * (1 << 20)), SampleResult.nbytes, self.metrics)
-        client = scorer.client
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.metrics = Metrics()
+        client = connect(config.backend, config.model, "--backend", **config.client_kwargs, metrics=self.metrics)
+        self.scorer = StepScorer(
+            client,
+            template=config.prompt_template,
+            k=config.k,
+            k_aggregation=config.k_aggregation,
+            max_steps=config.max_steps,
+            end_tokens=config.end_tokens,
+            degenerate_guard=config.degenerate_guard,
+            metrics=self.metrics,
+        )
+        self.cache = ResultCache(int(config.cache_mb * (1 << 20)), SampleResult.nbytes, self.metrics)
         self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
         self.metrics.cache_bytes.set_function(lambda: self.cache.nbytes)
         for backend in client.backends:  # breaker state per backend: 0 closed, 1 open or half-open (probing)
             self.metrics.backend_open.labels(backend.label).set_function(lambda b=backend: float(b.state != "closed"))
         # Everything a result depends on besides the sample itself.
         self._identity = {
-            "template": content_key(template=scorer.template),
+            "template": content_key(template=self.scorer.template),
             "model": client.model,
             "format": client.prompt_format,
             "sampling": client.sampling,
-            "k": scorer.k,
-            "k_aggregation": scorer.k_aggregation,
-            "max_steps": scorer.max_steps,
-            "end_tokens": list(scorer.end_tokens),
+            "k": config.k,
+            "k_aggregation": config.k_aggregation,
+            "max_steps": config.max_steps,
+            "end_tokens": list(config.end_tokens),
+            "degenerate_guard": config.degenerate_guard,
         }
 
     @property
     def width(self) -> int:
-        return self.scorer.max_steps
+        return self.config.max_steps
 
     def admit(self, samples: list[Sample], *, scoring: bool = True) -> None:
         """Refuse (``PayloadTooLarge``) a request over the limits (module docstring) before any PRM call."""
-        if scoring and len(samples) > self.max_samples:
+        limit = self.config.max_response_chars
+        if scoring and len(samples) > self.config.max_samples:
             raise PayloadTooLarge(
-                f"{len(samples)} samples in one request exceed --max-samples {self.max_samples}; send fewer per "
-                "request (OpenRLHF sends one)"
+                f"{len(samples)} samples in one request exceed --max-samples {self.config.max_samples}; send fewer "
+                "per request (OpenRLHF sends one)"
             )
         for sample in samples:
-            if len(sample.response) > self.max_response_chars:
+            if len(sample.response) > limit:
                 raise PayloadTooLarge(
                     f"{sample.name}: a response of {len(sample.response)} characters exceeds --max-response-chars "
-                    f"{self.max_response_chars}; raise it if the policy really writes that much"
+                    f"{limit}; raise it if the policy really writes that much"
                 )
 
     def _key(self, sample: Sample) -> str:
@@ -99,18 +97,18 @@ class Gateway:
         summaries, failed = [], []
         for sample, result in zip(samples, results, strict=True):
             try:
-                outcome = resolve(result, self.policy, sample.name)
+                outcome, summary = self._answer(sample, result)
             except SampleFailed as exc:
                 failed.append(str(exc))
                 continue
             self.metrics.samples.labels(outcome.status).inc()
             if result.empty:
                 self.metrics.empty_responses.inc()
-            summaries.append(summarize(result, outcome, self.reward_aggregation, self.width))
+            summaries.append(summary)
         if failed:
             self.metrics.samples.labels("failed").inc(len(failed))
             raise SampleFailed(f"{len(failed)} of {len(samples)} sample(s) failed: " + " | ".join(failed))
-        return reward_response(summaries, self.width)
+        return reward_response(summaries, log_keys(self.width))
 
     async def details(self, samples: list[Sample], cache_only: bool = False) -> dict:
         """The /score answer: per-step results plus what the policy makes of each sample (never raises for it).
@@ -133,16 +131,20 @@ class Gateway:
     def detail(self, sample: Sample, result: SampleResult) -> dict:
         entry = result.to_json()
         try:
-            outcome = resolve(result, self.policy, sample.name)
+            outcome, summary = self._answer(sample, result)
         except SampleFailed as exc:
             entry.update(reward=None, score=None, outcome="failed", error=str(exc))
             return entry
-        summary = summarize(result, outcome, self.reward_aggregation, self.width)
         if outcome.step_scores is None:  # dropped: no reward (the protocol's placeholders are for /get_reward only)
             summary.update(reward=None, score=None)
         entry.update(reward=summary["reward"], score=summary["score"], outcome=outcome.status)
         entry["failures"] = outcome.failures
         return entry
+
+    def _answer(self, sample: Sample, result: SampleResult) -> tuple[Outcome, dict]:
+        """What the failure policy makes of ``result`` and its reward summary; ``SampleFailed`` under ``fail``."""
+        outcome = resolve(result, self.config.policy, sample.name)
+        return outcome, summarize(result, outcome, self.config.reward_aggregation, self.width)
 
     async def health(self) -> dict:
         """The /health body: every backend probed, and the settings a trainer should check."""
@@ -151,8 +153,8 @@ class Gateway:
         return {
             "status": "ok" if ok == len(backends) else ("degraded" if ok else "down"),
             "model": self.scorer.client.model,
-            "failure_policy": str(self.policy),
-            "reward_aggregation": self.reward_aggregation,
+            "failure_policy": str(self.config.policy),
+            "reward_aggregation": self.config.reward_aggregation,
             "max_steps": self.width,
             "backends": backends,
         }

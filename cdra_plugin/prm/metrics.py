@@ -2,9 +2,10 @@
 
 Counters: HTTP requests by endpoint and status (``disconnected`` for a client gone before its body arrived),
 PRM calls by backend and outcome, retries, steps still failed after the retries by failure kind, samples by outcome
-(ok / dropped / failed / fallback), empty responses (scored -1 without a PRM call), cache lookups (hit / miss /
-shared in-flight). Gauges: PRM calls in flight, cache size in bytes, each
-backend's circuit breaker (1 while it is out of rotation). Histograms: PRM call latency, sample scoring
+(ok / dropped / failed / fallback), empty responses (scored -1 without a PRM call), steps the degenerate-step
+guard scored -1 without a PRM call (by reason: repeated / non_letters), cache lookups (hit / miss / shared
+in-flight), client connections closed to stay under --max-connections. Gauges: PRM calls in flight, cache size in
+bytes, each backend's circuit breaker (1 while it is out of rotation). Histograms: PRM call latency, sample scoring
 latency, HTTP request latency by endpoint.
 Labels never carry secrets: backends appear as ``public_url`` (no user info, no query).
 """
@@ -37,6 +38,17 @@ class Metrics:
         )
         self.empty_responses = Counter(
             "cdra_prm_empty_responses", "Responses with no content, scored -1 without a PRM call", registry=r
+        )
+        self.degenerate_steps = Counter(
+            "cdra_prm_degenerate_steps",
+            "Steps scored -1 without a PRM call by the degenerate-step guard",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_shed = Counter(
+            "cdra_prm_connections_shed",
+            "Client connections closed to stay under --max-connections (idle or still sending headers)",
+            registry=r,
         )
         self.cache = Counter("cdra_prm_cache_lookups", "Result cache lookups", ["result"], registry=r)
         self.cache_bytes = Gauge("cdra_prm_cache_bytes", "Estimated bytes held by the result cache", registry=r)

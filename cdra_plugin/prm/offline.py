@@ -13,11 +13,11 @@ the file, line and field.
 
 Resumable (``cdra_plugin.io.resumable``): ids already in the output are skipped; each record is appended, flushed
 and fsync'ed as it completes, so an interruption loses at most the line being written, a torn last line is repaired
-on the next run, and a second run writing the same output at the same time is refused. ``--retry-failed`` scores
-the records whose outcome was ``dropped`` or ``fallback`` again (after an outage): they leave the output first, in
-one atomic rewrite. Under ``--failure-policy fail`` the first failed
-record stops the run (exit 1); Ctrl-C stops it (exit 130); either way what was written stays, the summary says how
-much, and the next run resumes after it.
+on the next run, and a second run writing the same output at the same time is refused; an ``--output`` that is the
+``--input`` file (by name, symlink or hard link) is refused before anything is read or written. ``--retry-failed``
+scores the records whose outcome was ``dropped`` or ``fallback`` again (after an outage): they leave the output
+first, in one atomic rewrite. Under ``--failure-policy fail`` the first failed record stops the run (exit 1); Ctrl-C
+stops it (exit 130); either way what was written stays, the summary says how much, and the next run resumes after it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from cdra_plugin.io.jsonl import read_rows
 from cdra_plugin.io.pool import for_each
 from cdra_plugin.io.resumable import ResumableOutput
 from cdra_plugin.prm.gateway import Gateway
-from cdra_plugin.prm.policy import SampleFailed
 from cdra_plugin.prm.protocol import (
     BadRequest,
     PayloadTooLarge,
@@ -42,6 +41,7 @@ from cdra_plugin.prm.protocol import (
     parse_reward_request,
     shorten,
 )
+from cdra_plugin.prm.reward import SampleFailed
 
 RETRIED_OUTCOMES = ("dropped", "fallback")
 
@@ -102,6 +102,15 @@ class OfflineRun:
     def __post_init__(self):
         if self.parallel < 1:
             raise ValueError(f"--parallel must be >= 1, got {self.parallel}")
+        if not self.input_path.is_file():
+            raise ValueError(f"--input {self.input_path}: no such file")
+        if self.output_path.resolve() == self.input_path.resolve() or (
+            self.output_path.exists() and self.output_path.samefile(self.input_path)
+        ):
+            raise ValueError(
+                f"--output {self.output_path} is the --input file {self.input_path} (or a link to it): scoring would "
+                "write into the responses it reads; choose another --output"
+            )
 
     def summary(self) -> str:
         saved = sum(self.saved.values())

@@ -1,4 +1,5 @@
-"""OpenRLHF's remote reward-model protocol, as the gateway speaks it (checked against openrlhf 0.11.2).
+"""OpenRLHF's remote reward-model protocol, as the gateway reads and writes it (checked against openrlhf 0.11.2):
+JSON in, JSON out, nothing about what the values mean (that is ``cdra_plugin.prm.reward``).
 
 Request (``SingleTurnAgentExecutor._fetch_rewards_via_http``, one sample per request during rollouts)::
 
@@ -7,38 +8,24 @@ Request (``SingleTurnAgentExecutor._fetch_rewards_via_http``, one sample per req
 ``query`` is the decoded prompt+response tokens, so the response is ``query[len(prompt):]`` (a query that does not
 start with its prompt is rejected: OpenRLHF truncated the prompt, or the caller mixed samples up). The label is
 the JSON the DeepPref adapter writes, ``{"preference": P, "question": q, ...}`` (a string, or an object).
+``/score`` also takes ``{"samples": [{"preference", "question", "response"}, ...]}`` and a ``cache_only`` flag.
 
 Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns each into ``torch.tensor([value])``)::
 
     {"rewards": [R], "scores": [s], "extra_logs": {name: [v], ...}}
 
-- ``rewards``: the step scores aggregated by ``--reward-aggregation`` (``cdra_plugin.prm.reward``: by default their
-  length-weighted mean, which splitting a response into more steps cannot inflate; ``sum`` = the paper's R_dense);
-- ``scores``: (step average + 1) / 2 in [0, 1] (the average length-weighted under ``length_mean``), for OpenRLHF's
-  dynamic filtering;
-- ``extra_logs``: the per-step carrier block of ``cdra_plugin.cdpa.carrier`` (``cdpa_*`` keys, width ``--max-steps``,
-  popped by the CDPA experience maker) and, for the training logs, ``prm_num_steps``, ``prm_mean_step_score``,
-  ``prm_min_step_score`` (over the scores the sample is rewarded with; for a dropped sample, over its scored steps,
-  0.0 if none), ``prm_failures`` (failed steps) and ``prm_empty`` (1.0 for a response with no content, scored -1
-  without a PRM call).
-
-A dropped sample (``--failure-policy drop``) gets reward 0.0, score 0.5 and ``cdpa_failed = 1``.
+Bad input is a ``BadRequest`` naming the field (invalid labels, lone surrogates, labels nested too deep, lists of
+different lengths); the gateway's size limits are ``PayloadTooLarge``. Client-chosen ids are cut in messages.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdra_plugin.cdpa.carrier import encode_step_scores
-from cdra_plugin.prm.policy import Outcome
-from cdra_plugin.prm.reward import aggregate, step_average, step_length
-from cdra_plugin.prm.scoring import SampleResult
-
-LOG_KEYS = ("prm_num_steps", "prm_mean_step_score", "prm_min_step_score", "prm_failures", "prm_empty")
 ID_SHOWN = 64  # characters of a client-chosen id echoed in errors and logs
 MAX_LABEL_DEPTH = 16  # nesting allowed inside a label object (DeepPref labels are flat)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -205,32 +192,10 @@ def first_critiques(result: dict) -> list[str | None] | None:
     return [(step.get("critiques") or [None])[0] for step in steps]
 
 
-def summarize(result: SampleResult, outcome: Outcome, aggregation: str, width: int) -> dict[str, Any]:
-    """reward, score and extra_logs of one sample (see module docstring)."""
-    logged = outcome.step_scores
-    if logged is None:
-        logged = [s.score for s in result.steps if s.score is not None]
-    mean = statistics.fmean(logged) if logged else 0.0
-    extra = encode_step_scores(outcome.step_scores, width)
-    extra.update(
-        prm_num_steps=float(len(result.steps)),
-        prm_mean_step_score=mean,
-        prm_min_step_score=min(logged) if logged else 0.0,
-        prm_failures=float(outcome.failures),
-        prm_empty=float(result.empty),
-    )
-    if outcome.step_scores is None:
-        return {"reward": 0.0, "score": 0.5, "extra_logs": extra}
-    scores, lengths = outcome.step_scores, [step_length(s.text) for s in result.steps]
-    score01 = min(1.0, max(0.0, (step_average(scores, lengths, aggregation) + 1.0) / 2.0))
-    return {"reward": aggregate(scores, lengths, aggregation), "score": score01, "extra_logs": extra}
-
-
-def reward_response(summaries: list[dict[str, Any]], width: int) -> dict[str, Any]:
-    """Batch response: per-sample lists for rewards, scores and every extra_logs key."""
-    keys = [*encode_step_scores([], width), *LOG_KEYS]
+def reward_response(answers: list[dict[str, Any]], log_keys: Sequence[str]) -> dict[str, Any]:
+    """The /get_reward answer: per-sample lists of ``reward``, ``score`` and each extra_logs key of ``log_keys``."""
     return {
-        "rewards": [s["reward"] for s in summaries],
-        "scores": [s["score"] for s in summaries],
-        "extra_logs": {k: [s["extra_logs"][k] for s in summaries] for k in keys},
+        "rewards": [a["reward"] for a in answers],
+        "scores": [a["score"] for a in answers],
+        "extra_logs": {k: [a["extra_logs"][k] for a in answers] for k in log_keys},
     }

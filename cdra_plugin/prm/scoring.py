@@ -8,12 +8,15 @@ line's plain number in [-1, 1], nothing else) are aggregated by mean or median. 
 rejected and retried like a transient fault, at the client's retry temperature (> 0) when sampling is greedy; with
 k > 1 the step needs at least one parsable critique, the unparsable ones are listed as ``None`` in
 ``sample_scores``. A step with no score after the retries keeps ``score=None`` and its failure kind: what that means
-for the sample is the caller's failure policy (``cdra_plugin.prm.policy``), never a default value here.
+for the sample is the caller's failure policy (``cdra_plugin.prm.reward``), never a default value here.
 
 A response with no content (nothing but blanks, end-of-sequence tokens and step markers) is not sent to the PRM:
 each of its steps gets ``EMPTY_SCORE`` = -1.0, the bottom of the Fig. 15 scale, and the result is marked ``empty``
 (counted by the gateway: ``prm_empty`` in extra_logs, ``cdra_prm_empty_responses_total``). Judging it would cost a
-PRM call per step and invite the PRM to be lenient with a non-answer.
+PRM call per step and invite the PRM to be lenient with a non-answer. With the degenerate-step guard on (the
+default), so is a step that repeats an earlier one or is mostly not letters or digits
+(``cdra_plugin.prm.content.degenerate_steps``): it gets ``EMPTY_SCORE`` and its ``degenerate`` reason, counted in
+``cdra_prm_degenerate_steps_total``.
 
 Trailing end-of-sequence tokens (OpenRLHF decodes the response with ``skip_special_tokens=False``) are removed
 before segmenting, so the PRM never sees ``<|im_end|>`` as text; this only shortens the last step, so the step
@@ -28,13 +31,11 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from cdra_plugin.cdpa.prompts import (
     DEFAULT_END_TOKENS,
     PRM_TEMPLATE,
     SCORE_MIN,
-    fill,
     final_line,
     parse_score,
     prm_prompt,
@@ -42,8 +43,8 @@ from cdra_plugin.cdpa.prompts import (
 )
 from cdra_plugin.cdpa.steps import segment_steps
 from cdra_plugin.llm.client import LLMCallError, LLMClient
+from cdra_plugin.prm.content import degenerate_steps
 
-TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
 EMPTY_SCORE = SCORE_MIN  # what a response with no content gets, without a PRM call
 
 
@@ -61,6 +62,7 @@ class StepResult:
     attempts: int = 0
     latency_s: float = 0.0
     backend: str | None = None  # the server that gave the accepted answer
+    degenerate: str | None = None  # "repeated" | "non_letters": scored EMPTY_SCORE by the guard, no PRM call
 
 
 @dataclass
@@ -83,20 +85,9 @@ class SampleResult:
         return 256 + sum(400 + 16 * len(s.sample_scores) for s in self.steps) + sum(sys.getsizeof(t) for t in texts)
 
 
-def load_template(path: str | Path) -> str:
-    """A PRM prompt template from a file: ``{name}`` fields among TEMPLATE_FIELDS, ``{current_step}`` required."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        fill(text, **dict.fromkeys(TEMPLATE_FIELDS, ""))
-    except KeyError as exc:
-        raise ValueError(f"--template {path}: {exc.args[0]}; allowed fields: {list(TEMPLATE_FIELDS)}") from None
-    if "{current_step}" not in text:
-        raise ValueError(f"--template {path}: must contain {{current_step}} (the step to judge)")
-    return text
-
-
 class StepScorer:
-    """Score responses step by step through a ``LLMClient`` (see module docstring)."""
+    """Score responses step by step through a ``LLMClient`` (see module docstring; options checked by
+    ``cdra_plugin.prm.config.GatewayConfig``)."""
 
     def __init__(
         self,
@@ -107,20 +98,16 @@ class StepScorer:
         k_aggregation: str = "mean",
         max_steps: int = 32,
         end_tokens=DEFAULT_END_TOKENS,
+        degenerate_guard: bool = True,
         metrics=None,
     ):
-        if k < 1:
-            raise ValueError(f"--k must be >= 1, got {k}")
-        if k_aggregation not in ("mean", "median"):
-            raise ValueError(f"--k-aggregation must be mean or median, got {k_aggregation!r}")
-        if max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
         self.client = client
         self.template = template
         self.k = k
         self.k_aggregation = k_aggregation
         self.max_steps = max_steps
         self.end_tokens = tuple(end_tokens)
+        self.degenerate_guard = degenerate_guard
         self.metrics = metrics
 
     def step_prompts(self, preference: str, question: str, response: str) -> list[tuple[object, str, str]]:
@@ -143,12 +130,20 @@ class StepScorer:
         # it is not overloaded. The arrival time keeps responses first come first served, retries included.
         key = hashlib.blake2b("\0".join((preference, question, response)).encode(), digest_size=8).hexdigest()
         order = {"affinity": key, "priority": time.monotonic()}
-        steps = await asyncio.gather(*(self._score_step(step, text, prompt, order) for step, text, prompt in triples))
-        result = SampleResult(list(steps), time.perf_counter() - started)
+        texts = [text for _, text, _ in triples]
+        skipped = degenerate_steps(texts) if self.degenerate_guard else [None] * len(texts)
+        judged = [(step, text, prompt) for (step, text, prompt), why in zip(triples, skipped, strict=True) if not why]
+        scored = iter(await asyncio.gather(*(self._score_step(*triple, order) for triple in judged)))
+        steps = [next(scored) if why is None else _empty_step(step, text, why)
+                 for (step, text, _), why in zip(triples, skipped, strict=True)]  # fmt: skip
+        result = SampleResult(steps, time.perf_counter() - started)
         if self.metrics is not None:
             self.metrics.sample_latency.observe(result.latency_s)
-            for step in result.failed_steps:
-                self.metrics.step_failures.labels(step.failure).inc()
+            for step in result.steps:
+                if step.failure:
+                    self.metrics.step_failures.labels(step.failure).inc()
+                if step.degenerate:
+                    self.metrics.degenerate_steps.labels(step.degenerate).inc()
         return result
 
     async def _score_step(self, step, text: str, prompt: str, order: dict) -> StepResult:
@@ -170,8 +165,8 @@ class StepScorer:
         )  # fmt: skip
 
 
-def _empty_step(step) -> StepResult:
-    return StepResult(step.index, step.start, step.end, "", [], [], EMPTY_SCORE)
+def _empty_step(step, text: str = "", degenerate: str | None = None) -> StepResult:
+    return StepResult(step.index, step.start, step.end, text, [], [], EMPTY_SCORE, degenerate=degenerate)
 
 
 def needs_a_score(texts: list[str]) -> str | None:

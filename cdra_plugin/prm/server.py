@@ -10,19 +10,24 @@ Endpoints (FastAPI; run with ``cdra prm serve``; the logic behind them is ``cdra
 - ``GET /metrics``: Prometheus text (``cdra_plugin.prm.metrics``).
 
 Unlike OpenRLHF's ``serve_rm`` (one forward pass of a scalar RM per query), a sample here costs one PRM generation
-per step. What a client can do to the server is bounded:
+per step. What a client can do to the server is bounded (the limits are ``cdra_plugin.prm.config``'s):
 
 - bad input gets a 4xx naming the field: invalid JSON, an integer too long to read, nesting too deep, a lone
-  surrogate (400), a body over ``--max-body-mb`` (413), the gateway's own limits (413, ``gateway``);
-- deadlines (``cdra_plugin.prm.limits``): a request's headers must be complete within ``--header-timeout``
-  seconds (counted from the connection's opening, or from the first byte of a later request on a kept-alive
-  connection), else the connection is closed; its body within ``--body-timeout`` seconds of the headers, else 408
-  and the connection is closed. Slow clients (slowloris) cannot hold connections. Headers are limited to 64 KiB;
-  idle kept-alive connections close after 5 s;
+  surrogate (400), a body over ``--max-body-mb`` (413), the gateway's own limits (413, ``gateway``), headers over
+  64 KiB (431; h11 also stops reading headers that grow past it);
+- deadlines: a request's headers must be complete within ``--header-timeout`` seconds (counted from the
+  connection's opening, or from the first byte of a later request on a kept-alive connection), else the connection
+  is closed. A body is read only by ``/get_reward`` and ``/score`` once the token is checked, within
+  ``--body-timeout`` seconds of the headers, else 408; every other answer (401, 404, ``/health``, ``/metrics``,
+  431) that leaves a body unread closes the connection, so no path waits for a body it will not use. Idle
+  kept-alive connections close after 5 s;
+- open connections are capped (``--max-connections``): a new connection over the cap closes the oldest one that
+  is not in a request (idle, or still sending its headers), so slow or idle clients cannot hold the file
+  descriptors that requests in progress need;
 - a client that disconnects before its body arrived is logged in one line, not as an error;
 - no ``/docs``, ``/redoc`` or ``/openapi.json``; with ``--auth-token-env`` every endpoint wants
   ``Authorization: Bearer <token>`` (or HTTP basic auth with the token as password, which is what OpenRLHF's client
-  sends for ``http://user:TOKEN@host:port/get_reward``).
+  sends for ``http://user:TOKEN@host:port/get_reward``); a request without it gets 401 and its connection is closed.
 
 At startup every backend is probed once; one that does not serve the model is reported in a warning and the gateway
 serves anyway (a replica may still be loading).
@@ -32,10 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hmac
 import json
 import logging
+import resource
 import socket
 import sys
 import time
@@ -45,10 +52,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from cdra_plugin.prm import limits
+from cdra_plugin.prm.config import DEFAULT_MAX_CONNECTIONS, KEEP_ALIVE_S, MAX_HEADER_BYTES
 from cdra_plugin.prm.gateway import Gateway
 from cdra_plugin.prm.metrics import CONTENT_TYPE
-from cdra_plugin.prm.policy import SampleFailed
 from cdra_plugin.prm.protocol import (
     BadRequest,
     PayloadTooLarge,
@@ -56,6 +62,7 @@ from cdra_plugin.prm.protocol import (
     parse_reward_request,
     parse_score_request,
 )
+from cdra_plugin.prm.reward import SampleFailed
 
 logger = logging.getLogger("cdra.prm")
 
@@ -101,6 +108,44 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     return bytes(body)
 
 
+class RequestGuard:
+    """ASGI middleware: headers over ``MAX_HEADER_BYTES`` get 431, and an answer that starts while the request's body
+    is still unread closes the connection (``Connection: close``), so a client cannot keep the connection open by
+    trickling a body no endpoint reads (401, 404, ``/health``, ``/metrics``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope["headers"]
+        size = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4 for k, v in headers)
+        pending = any(k == b"transfer-encoding" or (k == b"content-length" and v.strip() != b"0") for k, v in headers)
+        if size > MAX_HEADER_BYTES:
+            detail = f"request headers of {size} bytes exceed the limit of {MAX_HEADER_BYTES}"
+            return await JSONResponse({"detail": detail}, 431, {"Connection": "close"})(scope, receive, send)
+
+        async def reading():
+            nonlocal pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                pending = False
+            return message
+
+        async def answering(message):
+            answer_headers = message.get("headers", [])
+            if (
+                message["type"] == "http.response.start"
+                and pending
+                and (b"connection", b"close") not in answer_headers
+            ):
+                message = {**message, "headers": [*answer_headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, reading, answering)
+
+
 def parse_json(body: bytes):
     """The JSON value of a request body; ``BadRequest`` saying what is wrong (never a traceback)."""
     try:
@@ -116,16 +161,9 @@ def parse_json(body: bytes):
         raise BadRequest(f"the request body holds an integer of more than {digits} digits") from None
 
 
-def create_app(
-    gateway: Gateway,
-    *,
-    auth_token: str | None = None,
-    max_body_bytes: int = int(limits.DEFAULT_MAX_BODY_MB * (1 << 20)),
-    body_timeout: float = limits.DEFAULT_BODY_TIMEOUT_S,
-    probe_backends: bool = True,
-) -> FastAPI:
-    """The FastAPI app serving ``gateway`` (see module docstring)."""
-    metrics = gateway.metrics
+def create_app(gateway: Gateway, *, auth_token: str | None = None, probe_backends: bool = True) -> FastAPI:
+    """The FastAPI app serving ``gateway`` (see module docstring); its limits are ``gateway.config``'s."""
+    metrics, config = gateway.metrics, gateway.config
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -135,15 +173,15 @@ def create_app(
         await gateway.scorer.client.aclose()
 
     app = FastAPI(title="cdra Pers-GenPRM gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard)
 
     async def handle(endpoint: str, request: Request, work) -> Response:
         started = time.perf_counter()
         status = None
         try:
             if auth_token is not None and not _authorized(request.headers.get("authorization"), auth_token):
-                response = JSONResponse(
-                    {"detail": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"}
-                )
+                headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}  # its body is never read
+                response = JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers)
             else:
                 response = await work()
         except BadRequest as exc:
@@ -166,7 +204,7 @@ def create_app(
         return response
 
     async def read_json(request: Request):
-        return parse_json(await _read_body(request, max_body_bytes, body_timeout))
+        return parse_json(await _read_body(request, config.max_body_bytes, config.body_timeout))
 
     @app.post("/get_reward")
     async def get_reward(request: Request) -> Response:
@@ -227,45 +265,83 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app, sock: socket.socket, *, header_timeout: float, log_level: str = "info", access_log: bool = False):
-    """Run ``app`` on the bound ``sock`` until SIGINT/SIGTERM, with the header deadline and size limits."""
+def connection_cap(gateway: Gateway) -> int:
+    """``--max-connections`` (default ``DEFAULT_MAX_CONNECTIONS``, or what the file descriptor limit leaves beside
+    the PRM's connections if less), the soft limit raised towards the hard one as needed; ``ValueError`` naming the
+    option when an explicit cap does not fit."""
+    client, wanted = gateway.scorer.client, gateway.config.max_connections
+    reserved = client.concurrency * len(client.backends) + 64  # PRM calls in flight, files, the listening socket
+    cap = wanted or DEFAULT_MAX_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < reserved + cap:
+        soft = reserved + cap if hard == resource.RLIM_INFINITY else min(reserved + cap, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    room = cap if soft == resource.RLIM_INFINITY else soft - reserved
+    if room < (cap if wanted else 1):
+        raise ValueError(
+            f"--max-connections {cap} does not fit the file descriptor limit {soft} beside {reserved} for the PRM "
+            "(--concurrency x backends + 64): lower it or --concurrency, or raise `ulimit -n`"
+        )
+    return min(room, cap)
+
+
+def serve(app, sock: socket.socket, gateway: Gateway, *, max_connections: int, log_level: str = "info"):
+    """Run ``app`` on the bound ``sock`` until SIGINT/SIGTERM, with the header deadline and the connection cap."""
     config = uvicorn.Config(
         app,
-        http=_h11_with_header_deadline(header_timeout),
-        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
-        timeout_keep_alive=limits.KEEP_ALIVE_S,
+        http=_guarded_h11(gateway.config.header_timeout, max_connections, gateway.metrics),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_S,
         log_level=log_level,
-        access_log=access_log,
+        access_log=log_level == "debug",
     )
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _h11_with_header_deadline(seconds: float):
-    """uvicorn's h11 protocol that closes a connection whose request headers are incomplete after ``seconds``.
+def _guarded_h11(header_timeout: float, max_connections: int, metrics):
+    """uvicorn's h11 protocol with a deadline for a request's headers and a cap on open connections.
 
     uvicorn has a keep-alive timeout but no deadline for a request's headers: a client that opens a connection and
     sends a byte now and then (slowloris) holds it, and a file descriptor, forever. h11 (not httptools) because it
-    also bounds the header size (``h11_max_incomplete_event_size``).
+    also bounds the header size (``h11_max_incomplete_event_size``). Connections that are not in a request (still
+    sending headers, or idle between requests) are kept oldest first in ``waiting``; one over ``max_connections``
+    closes the oldest of them (the newcomer itself when no other waits), so requests in progress keep their
+    connections however many idle or slow ones arrive.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderDeadlineH11(H11Protocol):
+    waiting: collections.OrderedDict[H11Protocol, None] = collections.OrderedDict()
+
+    class GuardedH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._deadline = self.loop.call_later(seconds, self._expire)
+            waiting[self] = None
+            self._deadline = self.loop.call_later(header_timeout, self._expire)
+            if len(self.connections) > max_connections:
+                oldest = next(iter(waiting))
+                waiting.pop(oldest)
+                metrics.connections_shed.inc()
+                oldest.transport.close()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the headers are complete: the body deadline is the app's
+            if self.conn.their_state is not h11.IDLE:  # the headers are complete: a request is in progress
                 self._cancel()
+                waiting.pop(self, None)
             elif self._deadline is None:  # the next request on a kept-alive connection has begun
-                self._deadline = self.loop.call_later(seconds, self._expire)
+                self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                waiting[self] = None  # idle between requests: first to go when the cap is reached
 
         def connection_lost(self, exc) -> None:
             self._cancel()
+            waiting.pop(self, None)
             super().connection_lost(exc)
 
         def _cancel(self) -> None:
@@ -278,4 +354,4 @@ def _h11_with_header_deadline(seconds: float):
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
 
-    return HeaderDeadlineH11
+    return GuardedH11

@@ -5,8 +5,8 @@ completions to a running ``cdra prm serve`` in one ``POST /get_reward`` (OpenRLH
 ``cdra_plugin.prm.protocol``), exactly as OpenRLHF's rollout would: the query is the prompt text plus the completion
 decoded from its ids with special tokens kept (the gateway strips the trailing end-of-sequence token), the label is
 the dataset's ``label`` column (``{"preference", "question"}`` JSON, as ``cdra data prepare`` writes it). It returns
-the gateway's reward: the length-weighted mean of the step scores by default, which splitting a step cannot
-inflate, or the paper's R_dense = sum of the step scores under the gateway's ``--reward-aggregation sum``.
+the gateway's reward: the lowest step score by default (``min``), which no splitting, padding or repeating of steps
+can raise, or the paper's R_dense = sum of the step scores under the gateway's ``--reward-aggregation sum``.
 
 Failures keep the gateway's semantics (``--failure-policy``): a sample the gateway dropped (``cdpa_failed = 1``)
 gets ``None``, which TRL treats as unscorable (zero advantage, outside the group baseline), never the placeholder

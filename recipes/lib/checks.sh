@@ -18,6 +18,10 @@ need_choice() {  # VAR CHOICE...
   die "$var=${!var}: expected one of: $*"
 }
 
+need_aggregation() {  # VAR: empty (any, or the gateway's default) or a reward aggregation of `cdra prm serve`
+  [[ -z ${!1} ]] || need_choice "$1" min mean weighted_mean sum
+}
+
 need_int() {  # VAR MIN [MAX]: a whole number in [MIN, MAX]
   local var=$1 min=$2 max=${3:-} value
   local range=">= $min${max:+ and <= $max}"

@@ -5,7 +5,7 @@
 
 check_gateway_values() {
   need_choice SKIP_HEALTH_CHECK 0 1
-  [[ -z $REWARD_AGGREGATION ]] || need_choice REWARD_AGGREGATION length_mean mean sum
+  need_aggregation REWARD_AGGREGATION
   [[ $REWARD_URL =~ ^https?://[^/]+/get_reward$ ]] || die "REWARD_URL=$REWARD_URL must be the gateway's http://HOST:PORT/get_reward"
   need_env_var_name AUTH_TOKEN_ENV
 }
