@@ -7,27 +7,13 @@ supplies the dependencies), and the demo runs with that folder as its only sourc
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _copy_checkout(dest: Path) -> None:
-    """The files git would commit (tracked, and untracked ones it does not ignore), so no build output leaks in."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = ROOT / name.decode()
-        if source.is_file():
-            target = dest / name.decode()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
+from fresh_checkout import copy_checkout
 
 
 def test_the_wheel_runs_cdra_demo_outside_the_checkout(tmp_path):
     source, wheels, site, elsewhere = (tmp_path / d for d in ("src", "wheels", "site", "elsewhere"))
-    _copy_checkout(source)
+    copy_checkout(source)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."],
         cwd=source, check=True, capture_output=True,
