@@ -54,6 +54,7 @@ def split_argv(argv: list[str]) -> tuple[CDPAConfig, list[str], bool]:
         parser.error(f"unknown option {unknown[0]}; the CDPA options are {', '.join(CDPAConfig.option_names())}")
     try:
         config = CDPAConfig.from_namespace(known)
+        config.check_host("openrlhf")
     except ValueError as e:
         parser.error(str(e))
     is_cdpa = False
