@@ -143,13 +143,12 @@ def learning_curve(
 def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, progress):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import GRPOConfig
 
     from cdra_plugin.cdpa.config import CDPAConfig
     from cdra_plugin.prm.cli import build_gateway, parse_serve_args
     from cdra_plugin.prm.server import create_app
     from cdra_plugin.trl.reward import GatewayReward
-    from cdra_plugin.trl.trainer import CDPAGRPOTrainer
+    from cdra_plugin.trl.trainer import CDPAGRPOTrainer, GRPOConfig  # GRPOConfig: TRL's, through its adapter
 
     with tempfile.TemporaryDirectory(prefix="cdra-learn-") as tmp, ScriptedLLM(prm_script) as prm:
         policy = policy or build_policy(Path(tmp) / "policy", seed=seed)

@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None):
 
     from cdra_plugin.cdpa.config import CDPAConfig
 
-    parser = HfArgumentParser((ScriptArguments, GRPOConfig), formatter_class=_HelpFormatter)
+    parser = HfArgumentParser(
+        (ScriptArguments, GRPOConfig), prog="python -m cdra_plugin.trl.train", formatter_class=_HelpFormatter
+    )
     CDPAConfig.add_arguments(parser, applies="--estimator cdpa")
     script, config, cdpa_options = parser.parse_args_into_dataclasses(argv)
     if script.estimator not in ("cdpa", "grpo"):
