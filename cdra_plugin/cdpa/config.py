@@ -110,9 +110,15 @@ class CDPAConfig:
             )
 
     @classmethod
-    def from_namespace(cls, namespace: argparse.Namespace) -> "CDPAConfig":
-        """The config of a namespace parsed by a parser given ``add_arguments`` (dests are ``cdpa.<field>``)."""
-        return cls(**{f.name: getattr(namespace, f"cdpa.{f.name}") for f in fields(cls)})
+    def from_namespace(cls, namespace: argparse.Namespace, parser: argparse.ArgumentParser, host: str) -> "CDPAConfig":
+        """The config of a namespace that ``parser``, given ``add_arguments``, parsed (dests are ``cdpa.<field>``)
+        for ``host``; a bad value, or one ``host`` does not honour, exits through ``parser.error`` naming it."""
+        try:
+            config = cls(**{f.name: getattr(namespace, f"cdpa.{f.name}") for f in fields(cls)})
+            config.check_host(host)
+        except ValueError as e:
+            parser.error(str(e))
+        return config
 
     @classmethod
     def option_names(cls) -> list[str]:

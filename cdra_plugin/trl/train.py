@@ -70,11 +70,7 @@ def parse_args(argv: list[str] | None = None):
     script, config, cdpa_options = parser.parse_args_into_dataclasses(argv)
     if script.estimator not in ("cdpa", "grpo"):
         parser.error(f"--estimator must be cdpa or grpo, got {script.estimator!r}")
-    try:
-        cdpa = CDPAConfig.from_namespace(cdpa_options)
-        cdpa.check_host("trl")
-    except ValueError as e:
-        parser.error(str(e))
+    cdpa = CDPAConfig.from_namespace(cdpa_options, parser, "trl")
     if script.estimator == "grpo" and cdpa != CDPAConfig():
         parser.error("--cdpa.* options apply only with --estimator cdpa (they would change nothing here)")
     return script, config, cdpa
