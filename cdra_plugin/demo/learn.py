@@ -161,7 +161,7 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
             reward = GatewayReward(gateway.url + "/get_reward", tokenizer)
             rows = [{"prompt": messages(p, q), "label": json.dumps({"preference": p, "question": q})}
                     for p, q in PROMPTS]  # fmt: skip
-            config = GRPOConfig(
+            args = GRPOConfig(
                 output_dir=str(Path(tmp) / "run"), max_steps=steps, seed=seed, learning_rate=learning_rate,
                 lr_scheduler_type="constant", num_generations=G, temperature=1.0,
                 per_device_train_batch_size=len(PROMPTS) * G, max_completion_length=48, beta=0.0,
@@ -173,7 +173,7 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
             trainer_cls = trainer_cls or CDPAGRPOTrainer
             extra = {"cdpa": cdpa} if issubclass(trainer_cls, CDPAGRPOTrainer) else {}  # TRL's own: no CDPA options
             trainer = trainer_cls(
-                AutoModelForCausalLM.from_pretrained(policy), reward_funcs=[reward], args=config,
+                AutoModelForCausalLM.from_pretrained(policy), reward_funcs=[reward], args=args,
                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer, **extra,
             )  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # the curve is the output, not a dict per step on stdout
