@@ -75,7 +75,6 @@ check_inputs() {
   check_gateway_values
   [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoints"
   need_choice ESTIMATOR cdpa group_norm dr_grpo rloo reinforce_baseline reinforce
-  need_choice CDPA_MODE token_position group_steps process outcome
   need_choice CDPA_FAILURE_POLICY drop fail
   need_int N_SAMPLES 1
   ((N_SAMPLES >= 2)) || die "N_SAMPLES=$N_SAMPLES: group estimators need at least 2 responses per prompt"
@@ -92,6 +91,7 @@ check_inputs() {
     die "VLLM_TP=$VLLM_TP does not divide the NNODES x GPUS_PER_NODE = $((NNODES * GPUS_PER_NODE)) GPUs"
   [[ $RAY_ADDRESS =~ ^https?://[^/]+$ ]] || die "RAY_ADDRESS=$RAY_ADDRESS: expected the Ray dashboard's http://HOST:PORT"
   need_int SAVE_STEPS -1
+  [[ $ESTIMATOR != cdpa ]] || need_cdpa_mode
 }
 
 check_ray_gpus() {  # the GPUs this run is told to use: NNODES x GPUS_PER_NODE

@@ -76,7 +76,6 @@ check_inputs() {
   check_gateway_values
   [[ -n $SAVE_PATH && ! -f $SAVE_PATH ]] || die "SAVE_PATH=$SAVE_PATH: expected a folder for the checkpoints"
   need_choice ESTIMATOR cdpa grpo
-  need_choice CDPA_MODE token_position group_steps process outcome
   need_int N_SAMPLES 1
   ((N_SAMPLES >= 2)) || die "N_SAMPLES=$N_SAMPLES: group advantages need at least 2 responses per prompt"
   need_number TEMPERATURE "x > 0" "> 0 (TRL divides the logits by it; the paper's is 1.0)"
@@ -96,6 +95,7 @@ check_inputs() {
     die "PROMPTS=$PROMPTS has $prompts prompt(s), fewer than PROMPTS_PER_STEP=$PROMPTS_PER_STEP: set PROMPTS_PER_STEP=$prompts or lower (or use more prompts)"
   "$PYTHON" -c "import trl, cdra_plugin.trl" 2>/dev/null ||
     die "TRL is not importable by '$PYTHON': pip install 'cdra-plugin[trl]' (scripts/setup_env.sh installs it)"
+  [[ $ESTIMATOR != cdpa ]] || need_cdpa_mode
 }
 
 accelerate_config() { # a file as given, or TRL's shipped config of that name
@@ -138,7 +138,6 @@ MODEL_ARGS=(
 
 ALGO_ARGS=(
   --estimator "$ESTIMATOR"
-  --cdpa_mode "$CDPA_MODE"
   --num_generations "$N_SAMPLES"
   --temperature "$TEMPERATURE"
   --max_steps "$MAX_STEPS"
@@ -148,6 +147,7 @@ ALGO_ARGS=(
   --loss_type dr_grpo
   --learning_rate "$LR"
 )
+[[ $ESTIMATOR != cdpa ]] || ALGO_ARGS+=(--cdpa.mode "$CDPA_MODE")
 
 GENERATION_ARGS=(
   --use_vllm true

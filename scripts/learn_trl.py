@@ -5,12 +5,13 @@ steps of 4 prompts x G = 5 completions against a scripted PRM that scores a step
 otherwise) for each seed, and prints the mean PRM step score per step, then one JSON object as the last line:
 ``mode``, ``steps``, ``score_first`` / ``score_last`` (mean step score on [-1, 1] over the first / last five steps,
 averaged over seeds), ``steps_to_target`` (first step whose five-step moving average of the seed-averaged curve
-reaches ``--target``; null if none), ``steps_per_answer_last`` (steps per completion over the last five steps: the
-score must not rise by writing fewer steps), ``seeds``, ``seconds``.
+reaches ``--target``; null if none), ``steps_to_target_per_seed`` (the same on each seed's own curve),
+``steps_per_answer_last`` (steps per completion over the last five steps: the score must not rise by writing fewer
+steps), ``seeds``, ``seconds``.
 
     python scripts/learn_trl.py --mode cdpa                              # one seed, 40 steps: ~1 min on 2 cores
     python scripts/learn_trl.py --mode outcome --seeds 5 --save out/outcome.json
-    python scripts/learn_trl.py --plot curves.png out/cdpa.json out/outcome.json   # the README figure
+    python scripts/learn_trl.py --plot curves.png out/cdpa.json out/outcome.json out/min_form.json  # README figure
 """
 
 import argparse
@@ -23,6 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cdra_plugin.demo.learn import MODES, learning_curve, moving_average, steps_to_reach
+
+COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")
 
 
 def train(args) -> dict:
@@ -44,6 +47,7 @@ def train(args) -> dict:
         "score_last": round(statistics.fmean(mean[-5:]), 4),
         "target": args.target,
         "steps_to_target": steps_to_reach(mean, args.target),
+        "steps_to_target_per_seed": [steps_to_reach(curve, args.target) for curve in curves],
         "steps_per_answer_last": round(statistics.fmean(n_steps[-5:]), 2),
         "seeds": args.seeds,
         "learning_rate": args.lr,
@@ -64,7 +68,9 @@ def plot(out: Path, files: list[Path]) -> dict:
 
     runs = [json.loads(f.read_text()) for f in files]
     fig, (score_ax, steps_ax) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
-    for run, colour in zip(runs, ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=False):
+    if len(runs) > len(COLOURS):
+        raise SystemExit(f"--plot draws at most {len(COLOURS)} runs, got {len(runs)}")
+    for run, colour in zip(runs, COLOURS, strict=False):
         steps = range(1, run["steps"] + 1)
         for ax, key in ((score_ax, "curves"), (steps_ax, "num_steps")):
             for curve in run[key]:  # each seed, faint; the seeds' mean as a 5-step moving average, bold
@@ -86,8 +92,8 @@ def plot(out: Path, files: list[Path]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=list(MODES), help="cdpa (Eq. 3) or outcome (GRPO on R_dense); also "
-                        "group_steps, process")  # fmt: skip
+    parser.add_argument("--mode", choices=list(MODES), help="cdpa (Eq. 3, token_position) or outcome (GRPO on "
+                        "R_dense); also the other CDPA modes by name")  # fmt: skip
     parser.add_argument("--steps", type=int, default=40, help="training steps per seed (default 40)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, averaged (default 1)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdra_plugin.cdpa.advantage import MODES, OUTCOME_EQUAL_RTOL, cdpa_advantages
+from cdra_plugin.cdpa.aggregation import AGGREGATIONS
 
 EPS = 1e-6
 
@@ -61,14 +62,17 @@ def ref_step_modes(r, m, ids, g, mode, eps=EPS):
         for pos in range(r.shape[1]):
             if m[i, pos]:
                 j = int(ids[i, pos])
+                later = [z[i, k] for k in scores[i] if k >= j]  # this step and every later step of the response
                 if mode == "group_steps":
                     out[i, pos] = z[i, j]
-                else:  # process: the normalised scores of this step and every later step of the response
-                    out[i, pos] = sum(z[i, k] for k in scores[i] if k >= j)
+                elif mode == "process":
+                    out[i, pos] = sum(later)
+                else:  # min_form
+                    out[i, pos] = min(later)
     return out
 
 
-def ref_outcome(r, m, ids, g, aggregation="token_mean", eps=EPS):
+def ref_outcome(r, m, ids, g, aggregation="min", eps=EPS):
     scores = ref_step_scores(r, m, ids)
     out = torch.zeros(r.shape, dtype=torch.float64)
     for grp in range(r.shape[0] // g):
@@ -76,14 +80,16 @@ def ref_outcome(r, m, ids, g, aggregation="token_mean", eps=EPS):
         totals = [sum(scores[i].values()) for i in rows]
         if aggregation == "mean":
             totals = [tot / len(scores[i]) for tot, i in zip(totals, rows, strict=True)]
-        if aggregation == "token_mean":  # every valid token's reward, one at a time
+        if aggregation == "min":
+            totals = [min(scores[i].values()) for i in rows]
+        if aggregation == "weighted_mean":  # every valid token's reward, one at a time
             totals = [sum(float(r[i, t]) for t in range(r.shape[1]) if m[i, t]) / int(m[i].sum()) for i in rows]
         for i, a in zip(rows, _normalise(totals, eps, OUTCOME_EQUAL_RTOL), strict=True):
             out[i, m[i]] = a
     return out
 
 
-def reference(r, m, ids, g, mode, aggregation="token_mean"):
+def reference(r, m, ids, g, mode, aggregation="min"):
     if mode == "token_position":
         return ref_token_position(r, m, g)
     if mode == "outcome":
@@ -150,12 +156,22 @@ def test_float64_input_stays_float64_and_exact(mode):
     torch.testing.assert_close(adv, reference(r, m, ids, 4, mode), atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "mean", "sum"])
-def test_outcome_aggregation(aggregation):
-    gen = torch.Generator().manual_seed(5)
-    r, m, ids = make_batch(gen, n_groups=3, g=4, t=20, ties=False)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("seed", range(3))
+def test_outcome_aggregation(aggregation, seed):
+    gen = torch.Generator().manual_seed(5 + seed)
+    r, m, ids = make_batch(gen, n_groups=3, g=4, t=20, ties=seed == 2)
     adv, _ = cdpa_advantages(r, m, 4, "outcome", step_ids=ids, outcome_aggregation=aggregation)
     torch.testing.assert_close(adv.double(), ref_outcome(r.double(), m, ids, 4, aggregation), atol=2e-5, rtol=1e-5)
+
+
+def test_the_old_aggregation_name_is_read_with_a_warning():
+    gen = torch.Generator().manual_seed(4)
+    r, m, ids = make_batch(gen, n_groups=2, g=4, t=12, ties=False)
+    with pytest.warns(FutureWarning, match="outcome_aggregation token_mean is now called weighted_mean"):
+        old, _ = cdpa_advantages(r, m, 4, "outcome", step_ids=ids, outcome_aggregation="token_mean")
+    new, _ = cdpa_advantages(r, m, 4, "outcome", step_ids=ids, outcome_aggregation="weighted_mean")
+    assert torch.equal(old, new)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -223,7 +239,7 @@ def test_splitting_a_step_raises_only_the_sum():
     r = torch.tensor([[0.8, 0.8, 0.8, 0.8], [0.8, 0.8, 0.8, 0.8]])
     m = torch.ones(2, 4, dtype=torch.bool)
     ids = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])  # same text, one marker more in response 0
-    for aggregation, split_wins in (("token_mean", False), ("mean", False), ("sum", True)):
+    for aggregation, split_wins in (("min", False), ("weighted_mean", False), ("mean", False), ("sum", True)):
         adv, _ = cdpa_advantages(r, m, 2, "outcome", step_ids=ids, outcome_aggregation=aggregation)
         assert bool((adv[0] > 0).all()) is split_wins and bool((adv[0] == 0).all()) is not split_wins, aggregation
 
@@ -284,6 +300,44 @@ def test_process_mode_on_a_single_response_pair():
     torch.testing.assert_close(adv, expected, atol=1e-12, rtol=0)
 
 
+def test_min_form_hand_worked_example():
+    """PURE's min-form: a step's return is the minimum of the group-normalised step scores from that step on.
+
+    G = 2. Response 0 has steps (0.9, 0.1, 0.5) over tokens (0, 0, 1, 2, 2); response 1 has steps (0.3, 0.7) over
+    tokens (0, 1, 1, 1) and one padding position.
+      group of step scores {0.9, 0.1, 0.5, 0.3, 0.7}: mu = 2.5 / 5 = 0.5, deviations (0.4, -0.4, 0, -0.2, 0.2),
+      unbiased var = (0.16 + 0.16 + 0 + 0.04 + 0.04) / 4 = 0.1, s = sigma + eps = 0.31622776602 + 1e-6 = 0.31622876602
+      z = (+a, -a, 0 | -b, +b) with a = 0.4 / s = 1.26490706408, b = 0.2 / s = 0.63245353204
+      response 0: step 0 min(+a, -a, 0) = -a; step 1 min(-a, 0) = -a; step 2 min(0) = 0
+      response 1: step 0 min(-b, +b) = -b; step 1 min(+b) = +b
+    (process would give step 0 of response 0 +a - a + 0 = 0: the sum lets the good first step hide the bad second.)
+    """
+    r = torch.tensor([[0.9, 0.9, 0.1, 0.5, 0.5], [0.3, 0.7, 0.7, 0.7, 0.0]], dtype=torch.float64)
+    m = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    ids = torch.tensor([[0, 0, 1, 2, 2], [0, 1, 1, 1, 0]])
+    adv, stats = cdpa_advantages(r, m, 2, "min_form", step_ids=ids)
+    a, b = 1.26490706408, 0.63245353204
+    expected = torch.tensor([[-a, -a, -a, 0.0, 0.0], [-b, b, b, b, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(adv, expected, atol=1e-10, rtol=0)
+    assert stats["flat_step_group_frac"] == 0.0 and stats["mean_steps"] == 2.5
+    process, _ = cdpa_advantages(r, m, 2, "process", step_ids=ids)
+    assert abs(float(process[0, 0])) < 1e-12  # the sum's blind spot, above
+
+
+def test_min_form_cannot_be_raised_by_adding_good_steps():
+    """Appending good steps after a bad one raises the process return of the earlier steps, never the min-form one."""
+    base = torch.tensor([[0.8, -0.5], [0.2, 0.2]])  # two responses, two one-token steps each
+    padded = torch.tensor([[0.8, -0.5, 0.9, 0.9], [0.2, 0.2, 0.0, 0.0]])  # response 0 writes two more good steps
+    m_base = torch.ones(2, 2, dtype=torch.bool)
+    m_padded = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    ids_base, ids_padded = torch.tensor([[0, 1], [0, 1]]), torch.tensor([[0, 1, 2, 3], [0, 1, 0, 0]])
+    for mode, rises in (("process", True), ("min_form", False)):
+        before, _ = cdpa_advantages(base, m_base, 2, mode, step_ids=ids_base)
+        after, _ = cdpa_advantages(padded, m_padded, 2, mode, step_ids=ids_padded)
+        assert bool(after[0, 0] > before[0, 0]) is rises, mode
+        assert bool(after[0, 1] > before[0, 1]) is rises, mode
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -296,14 +350,16 @@ def test_errors_are_clear():
         cdpa_advantages(r, m, 3)
     with pytest.raises(ValueError, match="unknown CDPA mode 'gae'"):
         cdpa_advantages(r, m, 2, "gae")
-    for mode in ("group_steps", "process", "outcome"):
+    for mode in MODES[1:]:
         with pytest.raises(ValueError, match=f"mode '{mode}' needs step_ids"):
             cdpa_advantages(r, m, 2, mode)
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         cdpa_advantages(r, m[:, :2], 2)
     with pytest.raises(TypeError, match="floating-point"):
         cdpa_advantages(r.long(), m, 2)
-    with pytest.raises(ValueError, match="outcome_aggregation"):
+    with pytest.raises(
+        ValueError, match="outcome_aggregation must be one of min, mean, weighted_mean, sum; got 'max'"
+    ):
         cdpa_advantages(r, m, 2, "outcome", step_ids=ids, outcome_aggregation="max")
     with pytest.raises(ValueError, match="shaped like token_rewards"):
         cdpa_advantages(r, m, 2, "process", step_ids=ids[:, :2])

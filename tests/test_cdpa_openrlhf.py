@@ -9,6 +9,8 @@ import pytest
 import torch
 from cdpa_host import cdpa_args, cdpa_maker, host_args, make_experience
 
+from cdra_plugin.cdpa.advantage import MODES, cdpa_advantages
+from cdra_plugin.cdpa.align import align_steps
 from cdra_plugin.cdpa.carrier import FAILED_KEY, STEP_KEY, encode_step_scores
 from cdra_plugin.cdpa.prompts import policy_prompt
 
@@ -53,14 +55,14 @@ def test_cli_is_the_host_parser_plus_cdpa(monkeypatch, tiny_model_path):
     "argv, message",
     [
         (["--no_such_option", "1"], "unrecognized arguments: --no_such_option"),
-        (["--cdpa.mode", "bogus"], "invalid choice: 'bogus'"),
+        (["--cdpa.mode", "bogus"], "--cdpa.mode must be one of token_position, group_steps, process, min_form"),
         (["--algo.advantage.estimator", "cdpa"], "n_samples_per_prompt >= 2"),
         (["--algo.advantage.estimator", "cdpa", "--rollout.n_samples_per_prompt", "4"], "--reward.remote_url"),
         (["--algo.advantage.estimator", "nope"], "invalid choice: 'nope'"),
         (["--cdpa.eps", "-1"], "--cdpa.eps must be >= 0"),
         (["--cdpa.trace_sample_rate", "2"], "--cdpa.trace_sample_rate must be within [0, 1]"),
         (["--cdpa.trace_max_mb", "0"], "--cdpa.trace_max_mb must be > 0"),
-        (["--cdpa.outcome_aggregation", "max"], "invalid choice: 'max'"),
+        (["--cdpa.outcome_aggregation", "max"], "--cdpa.outcome_aggregation must be one of min, mean, weighted_mean"),
         (["--cdpa.reward_aggregation", "mean"], "unknown option --cdpa.reward_aggregation; the CDPA options are"),
         (["--cdpa.mod", "process"], "unknown option --cdpa.mod"),
         (["--algo.advantage.estimator", "group_norm", "--cdpa.mode", "process"], "--cdpa.mode applies only with"),
@@ -74,19 +76,66 @@ def test_cli_errors_name_the_option(monkeypatch, capsys, argv, message):
 
 
 def test_one_config_owns_the_cdpa_options(monkeypatch, tiny_model_path):
-    from cdra_plugin.cdpa import advantage
+    from cdra_plugin.cdpa import advantage, aggregation
     from cdra_plugin.cdpa.config import CDPAConfig
     from cdra_plugin.openrlhf.train import build_cdpa_parser
 
     fields = {f.name: f for f in dataclasses.fields(CDPAConfig)}
     assert fields["mode"].metadata["choices"] is advantage.MODES
-    assert fields["outcome_aggregation"].metadata["choices"] is advantage.OUTCOME_AGGREGATIONS
+    assert fields["outcome_aggregation"].metadata["choices"] is aggregation.AGGREGATIONS
     options = {a.dest: a for a in build_cdpa_parser()._actions}
     assert sorted(options) == sorted(f"cdpa.{name}" for name in fields)
     assert all(options[f"cdpa.{name}"].default == f.default for name, f in fields.items())
     assert CDPAConfig(eps=0.0).eps == 0.0  # the rule of cdpa_advantages: sigma = 0 already gives A = 0
     args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.eps", "0", "--cdpa.outcome_aggregation", "mean")
     assert args.cdpa == CDPAConfig(eps=0.0, outcome_aggregation="mean")
+
+
+def test_old_aggregation_name_and_options_of_the_other_host(monkeypatch, tiny_model_path):
+    from cdra_plugin.cdpa.config import CDPAConfig
+    from cdra_plugin.openrlhf.train import build_cdpa_parser
+
+    with pytest.warns(FutureWarning, match="--cdpa.outcome_aggregation token_mean is now called weighted_mean"):
+        args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.outcome_aggregation", "token_mean")
+    assert args.cdpa.outcome_aggregation == "weighted_mean"
+    traced = CDPAConfig(trace_path="traces.jsonl")
+    traced.check_host("openrlhf")
+    with pytest.raises(ValueError, match=r"^--cdpa.trace_path is honoured only by cdra-train \(OpenRLHF\), not by"):
+        traced.check_host("trl")
+    CDPAConfig().check_host("trl")  # defaults are fine everywhere
+    helps = {a.dest: a.help for a in build_cdpa_parser()._actions}
+    for name in ("mode", "eps", "outcome_aggregation", "failure_policy", "trace_path", "trace_sample_rate"):
+        assert ("; cdra-train (OpenRLHF) only (default: " in helps[f"cdpa.{name}"]) is name.startswith("trace")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_through_host_experiences(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text, mode):
+    """Each --cdpa.mode on samples split into micro-batches of one: the advantages the host gets are those of
+    cdpa_advantages on a batch built here response by response (one align_steps call each)."""
+    args = cdpa_args(monkeypatch, tiny_model_path, "--cdpa.mode", mode, "--rollout.micro_batch_size", "1")
+    texts = ["Step 1: gardens.\nStep 2: a zoo.\nStep 3: lakes.", "Step 1: parks far away.", "Step 1: a farm.\n"
+             "Step 2: quiet trails.", "Step 1: museums.\nStep 2: the beach at noon."]  # fmt: skip
+    scores = [[0.9, -0.4, 0.6], [0.2], [-0.3, 0.8], [0.5, 0.1]]
+    samples = [
+        make_experience(tiny_tokenizer, prompt_text, t + EOT, reward(r), LABEL)
+        for t, r in zip(texts, scores, strict=True)
+    ]
+    exps = run_advantages(cdpa_maker(args, tiny_tokenizer), samples)
+    assert len(exps) == 4
+    ids = [tiny_tokenizer(t + EOT, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    rewards, step_ids = torch.zeros(4, width), torch.zeros(4, width, dtype=torch.long)
+    mask = torch.zeros(4, width, dtype=torch.bool)
+    for i, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
+        ((_, steps, of_token),) = align_steps(tiny_tokenizer, [row_ids], max_steps=8)
+        assert len(steps) == len(row_scores)
+        n = len(row_ids)
+        rewards[i, :n], step_ids[i, :n], mask[i, :n] = torch.tensor(row_scores)[of_token], of_token, True
+    expected, _ = cdpa_advantages(rewards, mask, 2, mode, step_ids=step_ids)
+    for i, exp in enumerate(exps):
+        got = exp.advantages[0][exp.action_mask[0].bool()]
+        torch.testing.assert_close(got, expected[i, : len(ids[i])], atol=1e-6, rtol=0)
+    assert any(bool(e.advantages.abs().max() > 0.1) for e in exps)
 
 
 def test_readme_lists_every_cdpa_option_with_its_default():

@@ -30,9 +30,10 @@ def test_get_reward_protocol_dense_reward_and_carrier(prm):
     assert all(isinstance(v, list) and len(v) == 2 for v in logs.values())  # per-sample lists, like serve_rm
     assert logs["prm_num_steps"] == [3.0, 1.0] and logs["prm_failures"] == [0.0, 0.0]
     assert logs["prm_min_step_score"] == pytest.approx([0.2, -0.4])
-    scores, num_steps, failed = decode_step_scores({k: torch.tensor(v) for k, v in logs.items()})
-    assert scores.shape == (2, 4) and num_steps.tolist() == [3, 1] and failed.tolist() == [False, False]
-    assert scores[0, :3].tolist() == pytest.approx([0.2, 0.6, 0.5]) and scores[0, 3] == 0
+    steps = decode_step_scores({k: torch.tensor(v) for k, v in logs.items()})
+    assert steps.scores.shape == (2, 4) and steps.num_steps.tolist() == [3, 1]
+    assert steps.failed.tolist() == [False, False]
+    assert steps.scores[0, :3].tolist() == pytest.approx([0.2, 0.6, 0.5]) and steps.scores[0, 3] == 0
     # Step j's prompt is Fig. 15 with steps 1..j (bodies, markers and <|im_end|> removed); all sent, none twice.
     bodies = ["quiet towns [score=0.2]", "shoulder season [score=0.6]", "go to Lofoten"]
     expected = {prm_prompt(P, Q, bodies[: j + 1]) for j in range(3)} | {prm_prompt(P, Q, [r2])}
@@ -69,9 +70,9 @@ def test_openrlhf_client_and_experience_read_the_answer(prm, tiny_tokenizer):
     }  # fmt: skip
     experience = SamplesGenerator._process_response_into_experience(None, output, max_len=4096)
     assert experience.rewards.reshape(-1).tolist() == pytest.approx([0.2])
-    scores, num_steps, failed = decode_step_scores(experience.info)
-    assert num_steps.tolist() == [2] and not failed.any()
-    assert scores[0, :2].tolist() == pytest.approx([0.3, -0.1])
+    steps = decode_step_scores(experience.info)
+    assert steps.num_steps.tolist() == [2] and not steps.failed.any()
+    assert steps.scores[0, :2].tolist() == pytest.approx([0.3, -0.1])
 
 
 def test_transient_faults_are_retried_and_counted(prm):

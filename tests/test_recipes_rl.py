@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ SAMPLE = ROOT / "cdra_plugin" / "demo" / "samples"
 
 
 def run_recipe(name, tmp_path, **env):
-    # A port nothing listens on unless a test serves a gateway there (never a real one on this machine's 5000).
+    # A port nothing listens on unless a test serves a gateway there (never a real one on this machine's 5000). The
+    # recipe's python3 is this interpreter, as in an activated environment (it asks cdra_plugin for CDPA_MODE's).
     nobody = f"http://127.0.0.1:{free_port()}/get_reward"
-    full = {**os.environ, "DRY_RUN": "1", "REWARD_URL": nobody, **env}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    full = {**os.environ, "PATH": path, "DRY_RUN": "1", "REWARD_URL": nobody, **env}
     return subprocess.run(["bash", str(RECIPES / name)], capture_output=True, text=True, env=full, cwd=tmp_path)
 
 
@@ -147,7 +150,8 @@ def test_a_dry_run_says_what_it_did_not_check(tmp_path, prompts):
     "recipe, entry", [("train_cdpa.sh", "cdra_plugin.train"), ("train_grpo_baseline.sh", "openrlhf.cli.train_ppo_ray")]
 )
 def test_recipe_command_is_accepted_by_the_host_parser(monkeypatch, tmp_path, prompts, tiny_model_path, recipe, entry):
-    out = run_recipe(recipe, tmp_path, PROMPTS=str(prompts), POLICY=str(tiny_model_path), MAX_STEPS="4")
+    env = {"PROMPTS": str(prompts), "POLICY": str(tiny_model_path), "MAX_STEPS": "4", "CDPA_MODE": "min_form"}
+    out = run_recipe(recipe, tmp_path, **env)
     assert out.returncode == 0, out.stderr
     command = shlex.split(out.stdout.strip().splitlines()[-1])
     assert command[:3] == ["ray", "job", "submit"] and command[command.index("--") + 1 : command.index("--") + 4] == [
@@ -161,3 +165,4 @@ def test_recipe_command_is_accepted_by_the_host_parser(monkeypatch, tmp_path, pr
     assert args.train.num_episodes * args.data.max_samples // args.rollout.batch_size >= 4
     assert args.algo.advantage.estimator == "group_norm"  # what the host parser sees (cdpa is restored at launch)
     assert ("--cdpa.mode" in argv) == (entry == "cdra_plugin.train")
+    assert "--cdpa.mode min_form" in " ".join(argv) or entry != "cdra_plugin.train"

@@ -5,6 +5,7 @@ on a batch of one, step scores from the PRM's rule, never from the trainer) and 
 advantages TRL's loss receives must be exactly those.
 """
 
+import dataclasses
 import re
 import statistics
 
@@ -18,10 +19,11 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from cdra_plugin.cdpa.advantage import cdpa_advantages  # noqa: E402
 from cdra_plugin.cdpa.align import align_steps  # noqa: E402
+from cdra_plugin.cdpa.config import CDPAConfig  # noqa: E402
 from cdra_plugin.demo.learn import MODES, TARGET, G, build_policy, judge, learning_curve  # noqa: E402
 from cdra_plugin.stub import ScriptedRequest  # noqa: E402
 from cdra_plugin.trl.reward import GatewayReward  # noqa: E402
-from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer  # noqa: E402
+from cdra_plugin.trl.trainer import CDPAGRPOTrainer  # noqa: E402
 
 STEPS = 20  # training steps of the learning runs (about 0.5 s each on two cores)
 
@@ -86,7 +88,7 @@ def test_policy_learns_and_the_loss_gets_cdpa_advantages(policy, tokenizer, mode
         torch.testing.assert_close(batch["advantages"], expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["group_steps", "process", "cdpa"])
+@pytest.mark.parametrize("mode", ["group_steps", "process", "min_form", "cdpa"])
 def test_every_mode_leaves_failed_samples_out(policy, tokenizer, mode):
     batches = []
     learning_curve(mode, steps=2, policy=policy, trainer_cls=recording(CDPAGRPOTrainer, batches), prm=failing_judge)
@@ -119,12 +121,24 @@ def _nanstd(x: torch.Tensor) -> torch.Tensor:
 
 def test_misuse_is_refused_before_any_model_loads(tiny_tokenizer):
     reward = GatewayReward("http://127.0.0.1:5000/get_reward", tiny_tokenizer)
-    config = CDPAConfig(output_dir="unused", num_generations=2, per_device_train_batch_size=2, use_cpu=True)
-    with pytest.raises(TypeError, match="args must be a CDPAConfig"):
-        CDPAGRPOTrainer(None, [reward], GRPOConfig(output_dir="unused", use_cpu=True))
+    config = GRPOConfig(output_dir="unused", num_generations=2, per_device_train_batch_size=2, use_cpu=True)
+    for args, cdpa in ((CDPAConfig(), None), (config, config)):  # the CDPA options where TRL's go, or TRL's
+        with pytest.raises(TypeError, match="TRL's options go in args, the CDPA ones .* in cdpa"):
+            CDPAGRPOTrainer(None, [reward], args, cdpa=cdpa)
     with pytest.raises(ValueError, match="exactly one reward function, a GatewayReward"):
         CDPAGRPOTrainer(None, [reward, lambda **kwargs: [0.0]], config)
     with pytest.raises(ValueError, match="does not support tools"):
         CDPAGRPOTrainer(None, [reward], config, tools=[print])
-    with pytest.raises(ValueError, match="cdpa_mode 'eq3': choose one of token_position, group_steps"):
-        CDPAConfig(output_dir="unused", cdpa_mode="eq3", use_cpu=True)
+    with pytest.raises(ValueError, match=r"^--cdpa.trace_path is honoured only by cdra-train \(OpenRLHF\), not by"):
+        CDPAGRPOTrainer(None, [reward], config, cdpa=CDPAConfig(trace_path="traces.jsonl"))
+    with pytest.raises(ValueError, match="--cdpa.mode must be one of token_position, group_steps, process, min_form"):
+        CDPAConfig(mode="eq3")
+
+
+def test_failure_policy_fail_stops_training(policy):
+    class Failing(CDPAGRPOTrainer):
+        def __init__(self, *args, cdpa, **kwargs):
+            super().__init__(*args, cdpa=dataclasses.replace(cdpa, failure_policy="fail"), **kwargs)
+
+    with pytest.raises(RuntimeError, match=r"completions have no usable step scores .* failure_policy is fail"):
+        learning_curve("cdpa", steps=1, policy=policy, trainer_cls=Failing, prm=failing_judge)

@@ -48,11 +48,12 @@ def test_rewards_are_r_dense_and_failed_samples_are_masked(tiny_tokenizer):
     assert rewards[0] == pytest.approx(1.0) and rewards[1] == pytest.approx(1.2)
     assert rewards[2] is None  # dropped by the gateway: masked for TRL, never the protocol's placeholder 0.0
     last = reward.last
-    assert last.completion_ids == ids and last.width == 8
-    assert last.failed.tolist() == [False, False, True] and last.num_steps.tolist() == [2, 3, 0]
-    assert last.scores[1, :3].tolist() == pytest.approx([-0.4, 0.6, 1.0])
+    steps = last.step_scores
+    assert last.completion_ids == ids and steps.width == 8
+    assert steps.failed.tolist() == [False, False, True] and steps.num_steps.tolist() == [2, 3, 0]
+    assert steps.scores[1, :3].tolist() == pytest.approx([-0.4, 0.6, 1.0])
     # the trainer segments the same ids into as many steps as the gateway scored (special tokens kept, eos at end)
-    assert [len(a.steps) for a in align_steps(tiny_tokenizer, ids[:2], max_steps=last.width)] == [2, 3]
+    assert [len(a.steps) for a in align_steps(tiny_tokenizer, ids[:2], max_steps=steps.width)] == [2, 3]
     assert logged["prm/failed_frac"] == pytest.approx(1 / 3)
     assert logged["prm/mean_step_score"] == pytest.approx((0.5 + 0.4) / 2)
     assert logged["prm/num_steps"] == pytest.approx(2.5)

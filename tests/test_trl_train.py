@@ -13,15 +13,13 @@ import pytest
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install 'cdra-plugin[trl]' (setup_env.sh has it)")
 
 from recipe_helpers import gateway, write_prompts
-from transformers import HfArgumentParser  # noqa: E402
 
 from cdra_plugin.prm.config import GatewayConfig  # noqa: E402
 from cdra_plugin.prm.gateway import Gateway  # noqa: E402
 from cdra_plugin.prm.server import create_app  # noqa: E402
 from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge  # noqa: E402
 from cdra_plugin.stub.processes import free_port
-from cdra_plugin.trl.train import ScriptArguments, main  # noqa: E402
-from cdra_plugin.trl.trainer import CDPAConfig  # noqa: E402
+from cdra_plugin.trl.train import main, parse_args  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_cdpa_trl.sh"
 LABEL = json.dumps({"preference": "I avoid crowds.", "question": "Where should I travel in May?"})
@@ -119,7 +117,7 @@ def test_the_grpo_estimator_needs_the_papers_summed_reward_unless_told_otherwise
     with gateway(reward_aggregation="sum") as url:
         out = run_recipe(tmp_path, REWARD_URL=url, ESTIMATOR="grpo", **env)
         assert out.returncode == 0 and "reward aggregation sum" in out.stderr, out.stderr
-        assert "--estimator grpo" in out.stdout
+        assert "--estimator grpo" in out.stdout and "--cdpa." not in out.stdout  # TRL's own trainer: no CDPA
 
 
 def test_a_drop_gateway_serves_both_estimators(tmp_path, prompts):
@@ -134,17 +132,17 @@ def test_a_drop_gateway_serves_both_estimators(tmp_path, prompts):
 
 
 def test_recipe_command_has_the_papers_defaults_and_trl_accepts_it(tmp_path, prompts, tiny_model_path):
-    out = run_recipe(tmp_path, PROMPTS=str(prompts), POLICY=str(tiny_model_path), CDPA_MODE="process")
+    out = run_recipe(tmp_path, PROMPTS=str(prompts), POLICY=str(tiny_model_path), CDPA_MODE="min_form")
     assert out.returncode == 0, out.stderr
     command = shlex.split(out.stdout.strip().splitlines()[-1])
     assert command[:2] == ["accelerate", "launch"] and command[command.index("-m") + 1] == "cdra_plugin.trl.train"
     assert Path(command[command.index("--config_file") + 1]).name == "zero3.yaml"
     argv = command[command.index("-m") + 2 :] + ["--use_cpu", "true"]  # bf16 is validated against a GPU otherwise
-    script, config = HfArgumentParser((ScriptArguments, CDPAConfig)).parse_args_into_dataclasses(argv)
+    script, config, cdpa = parse_args(argv)
     assert (script.prompts, script.model_name_or_path) == (str(prompts), str(tiny_model_path))
-    assert script.estimator == "cdpa"
+    assert script.estimator == "cdpa" and cdpa.mode == "min_form"
     assert (config.num_generations, config.temperature, config.max_steps) == (5, 1.0, 400)  # the paper's Sec. 3.1
-    assert (config.cdpa_mode, config.beta, config.loss_type, config.use_vllm) == ("process", 1e-3, "dr_grpo", True)
+    assert (config.beta, config.loss_type, config.use_vllm) == (1e-3, "dr_grpo", True)
     assert config.per_device_train_batch_size * 8 * config.gradient_accumulation_steps == 32 * 5  # prompts x G
 
 
@@ -157,7 +155,7 @@ def test_entry_point_trains_through_the_gateway(tmp_path, prompts, tiny_model_pa
             main(["--model_name_or_path", str(tiny_model_path), "--prompts", str(prompts),
                   "--reward_url", gateway.url + "/get_reward", "--output_dir", str(out_dir), "--max_steps", "1",
                   "--num_generations", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
-                  "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--cdpa_mode", "group_steps",
+                  "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--cdpa.mode", "group_steps",
                   "--disable_tqdm", "true"])  # fmt: skip
         assert len(llm.requests) >= 4  # every completion was scored by the PRM behind the gateway
     assert (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file()
@@ -185,6 +183,29 @@ def test_entry_point_grpo_leaves_dropped_samples_out(tmp_path, prompts, tiny_mod
                   "--disable_tqdm", "true"])  # fmt: skip
     (logged,) = json.loads((out_dir / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
     assert logged["prm/failed_frac"] == 1.0 and logged["reward"] is None, logged  # 0.0 if given the placeholder
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cdpa.trace_path", "t.jsonl"], "--cdpa.trace_path is honoured only by cdra-train (OpenRLHF), not by"),
+        (["--cdpa.mode", "eq3"], "--cdpa.mode must be one of token_position, group_steps, process, min_form, outcome"),
+        (["--estimator", "grpo", "--cdpa.mode", "process"], "--cdpa.* options apply only with --estimator cdpa"),
+    ],
+)  # fmt: skip
+def test_cdpa_options_are_cdra_trains_and_checked_the_same(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--model_name_or_path", "m", "--prompts", "p.jsonl", "--use_cpu", "true", *argv])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]  # after the usage
+    assert line.startswith("python -m cdra_plugin.trl.train: error: ") and message in line, line
+
+
+def test_the_old_aggregation_name_is_read_with_a_warning():
+    argv = ["--model_name_or_path", "m", "--prompts", "p", "--use_cpu", "true", "--cdpa.outcome_aggregation"]
+    with pytest.warns(FutureWarning, match="--cdpa.outcome_aggregation token_mean is now called weighted_mean"):
+        _, _, cdpa = parse_args([*argv, "token_mean"])
+    assert cdpa.outcome_aggregation == "weighted_mean"
 
 
 def test_a_prompts_file_without_the_label_column_is_named(tmp_path, tiny_model_path):

@@ -1,4 +1,4 @@
-"""CDPA advantage estimators: paper Section 2.4 Eq. 3, Appendix D's process and outcome supervision.
+"""CDPA advantage estimators: paper Section 2.4 Eq. 3, Appendix D's process and outcome supervision, PURE's min-form.
 
 ``cdpa_advantages(token_rewards, action_mask, group_size, mode, eps)`` turns per-token rewards r_{i,t} = r_i^j
 (the PRM score of the step holding token t, see ``cdra_plugin.cdpa.align``) into per-token advantages A_{i,t}.
@@ -14,11 +14,21 @@ Modes (``mu``/``sigma``: mean and standard deviation over the stated set):
   the step holding t.
 - ``process`` (Appendix D, process supervision): A_{i,t} = sum over the steps j >= step(t) of the response of the
   group-normalised step scores (same normalisation as ``group_steps``).
+- ``min_form`` (PURE's min-form credit, "Stop Summation: Min-Form Credit Assignment Is All Process Reward Model
+  Needs for Reasoning", arXiv 2504.15275): with z_i^j the group-normalised step scores (as in ``group_steps``), the
+  return of step j is the minimum of those from j on, A_{i,t} = min over steps k >= step(t) of z_i^k. A step is worth
+  no more than the worst step it leads to, so adding or repeating good steps after a bad one cannot raise it (the
+  suffix sum of ``process`` rewards every extra good step).
 - ``outcome`` (Appendix D, outcome supervision = GRPO): R_i, an aggregate of the response's step scores,
-  normalised within the group and broadcast to all its tokens. ``outcome_aggregation``: ``token_mean`` (default:
-  the mean of r_{i,t} over the response's tokens, each step weighed by its length, so splitting or merging steps
-  cannot change it), ``mean`` (of the step scores) or ``sum`` (the paper's R_dense; a response split into more
-  steps earns more, so GRPO on it learns to fragment).
+  normalised within the group and broadcast to all its tokens. ``outcome_aggregation`` takes
+  ``cdra_plugin.cdpa.aggregation``'s names (its docstring is the reference for what each can be gamed by):
+  ``min`` (default: the response's lowest step score; splitting, padding, repeating or reordering steps cannot raise
+  it, and a short answer of one safe step scores as well as a long one whose steps are all as good),
+  ``weighted_mean`` (the mean of r_{i,t} over the response's tokens, each step weighed by its tokens: splitting
+  cannot change it, padding the best step with any tokens and shrinking the worst raise it), ``mean`` (of the step
+  scores: splitting good steps dilutes a bad one, repeating the best raises it) or ``sum`` (the paper's R_dense: more
+  steps earn more, so GRPO on it learns to fragment). The previous release's ``token_mean`` is read as
+  ``weighted_mean`` with a FutureWarning.
 
 Conventions, shared by all modes:
 
@@ -47,8 +57,8 @@ Stats (all Python floats; a fraction with an empty denominator is 0.0):
 - ``dropped_response_frac``: fraction of rows with an all-zero mask.
 - ``lone_position_frac``, ``zero_std_position_frac`` (``token_position``): of the (group, position) pairs with at
   least one valid token, those with exactly one, and those with two or more all-equal rewards.
-- ``flat_step_group_frac`` (``group_steps``, ``process``): of the groups with at least one step, those whose step
-  scores give A = 0 everywhere (one step in all, or all step scores equal).
+- ``flat_step_group_frac`` (``group_steps``, ``process``, ``min_form``): of the groups with at least one step, those
+  whose step scores give A = 0 everywhere (one step in all, or all step scores equal).
 
     advantages, stats = cdpa_advantages(rewards, mask, group_size=8, step_ids=ids)   # Eq. 3
 """
@@ -58,8 +68,9 @@ from typing import NamedTuple
 
 import torch
 
-MODES = ("token_position", "group_steps", "process", "outcome")
-OUTCOME_AGGREGATIONS = ("token_mean", "mean", "sum")
+from cdra_plugin.cdpa.aggregation import DEFAULT_AGGREGATION, check_aggregation
+
+MODES = ("token_position", "group_steps", "process", "min_form", "outcome")
 OUTCOME_EQUAL_RTOL = 1e-5
 
 
@@ -147,7 +158,9 @@ def _outcome(
 ) -> _Normalised:
     """Outcome rewards R_i, normalised over the valid responses of each group: z is (n_groups, G, 1)."""
     n_steps = steps.present.sum(1)
-    if aggregation == "token_mean":
+    if aggregation == "min":
+        outcome = torch.where(steps.present, steps.scores, math.inf).amin(1).masked_fill_(n_steps == 0, 0)
+    elif aggregation == "weighted_mean":
         outcome = torch.where(m, r, 0).sum(1) / m.sum(1).clamp(min=1)
     else:
         total = steps.scores.sum(1)
@@ -172,6 +185,8 @@ def _step_modes(steps: _Steps, n_groups: int, mode: str, eps: float, stats: dict
     z = norm.z.reshape(n_rows, n_slots)
     if mode == "process":
         z = z.flip(1).cumsum(1).flip(1)  # suffix sums: steps at or after each step
+    elif mode == "min_form":  # suffix minima; absent steps (+inf) never win, and only present ones are read
+        z = torch.where(steps.present, z, math.inf).flip(1).cummin(1).values.flip(1)
     return torch.nn.functional.pad(z, (0, 1)).gather(1, steps.index)  # the spare column S reads 0 for padding
 
 
@@ -180,11 +195,9 @@ def _frac(num, den) -> float:
     return float(num) / den if den > 0 else 0.0
 
 
-def _check(token_rewards, action_mask, group_size, mode, eps, step_ids, outcome_aggregation) -> int:
+def _check(token_rewards, action_mask, group_size, mode, eps, step_ids) -> int:
     if mode not in MODES:
         raise ValueError(f"unknown CDPA mode {mode!r}; choose one of {', '.join(MODES)}")
-    if outcome_aggregation not in OUTCOME_AGGREGATIONS:
-        raise ValueError(f"outcome_aggregation must be one of {OUTCOME_AGGREGATIONS}, got {outcome_aggregation!r}")
     if mode != "token_position" and step_ids is None:
         raise ValueError(f"mode {mode!r} needs step_ids (B, T): the step index of each token (align.align_steps)")
     if not token_rewards.dtype.is_floating_point:
@@ -216,7 +229,7 @@ def cdpa_advantages(
     eps: float = 1e-6,
     *,
     step_ids: torch.Tensor | None = None,
-    outcome_aggregation: str = "token_mean",
+    outcome_aggregation: str = DEFAULT_AGGREGATION,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token CDPA advantages (module docstring for the modes, conventions and stats).
 
@@ -224,7 +237,8 @@ def cdpa_advantages(
     step_ids: (B, T) long, keyword-only; required unless ``mode == "token_position"``.
     Returns ``(advantages (B, T) in token_rewards' dtype, zero where the mask is zero; stats)``.
     """
-    n_groups = _check(token_rewards, action_mask, group_size, mode, eps, step_ids, outcome_aggregation)
+    n_groups = _check(token_rewards, action_mask, group_size, mode, eps, step_ids)
+    outcome_aggregation = check_aggregation(outcome_aggregation, "outcome_aggregation")
     work = torch.promote_types(token_rewards.dtype, torch.float32)
     m = action_mask.to(token_rewards.device).bool()
     r = token_rewards.to(work)  # masked positions are never read: every reduction below selects by m

@@ -17,9 +17,11 @@ fixed width: responses with more steps than ``--max-steps`` have their tail merg
 keys from ``info`` after reading them, so they never reach the training logs.
 
 The encode side runs in the gateway, which does not load torch; only ``decode_step_scores`` (the trainer) imports it.
+It returns a ``StepScores``, what every host hands ``cdra_plugin.cdpa.layout.token_layout``.
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,6 +30,20 @@ if TYPE_CHECKING:
 NUM_STEPS_KEY = "cdpa_num_steps"
 FAILED_KEY = "cdpa_failed"
 STEP_KEY = "cdpa_step_{:02d}"
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """The gateway's step scores of B samples, as the carrier brings them back."""
+
+    scores: "torch.Tensor"  # (B, W) float32: r_i^j for j < num_steps[i], 0.0 after
+    num_steps: "torch.Tensor"  # (B,) long: steps the gateway scored (0 when it failed)
+    failed: "torch.Tensor"  # (B,) bool: no PRM result (the gateway's ``drop`` policy)
+
+    @property
+    def width(self) -> int:
+        """The gateway's ``--max-steps``: the trainer segments with it, so both count the same steps."""
+        return self.scores.shape[1]
 
 
 def encode_step_scores(step_scores: Sequence[float] | None, width: int) -> dict[str, float]:
@@ -51,8 +67,8 @@ def carrier_width(info: Mapping[str, object]) -> int:
     return width
 
 
-def decode_step_scores(info: Mapping[str, "torch.Tensor"]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-    """Batched read-back: ``(scores (B, W) float32, num_steps (B,) long, failed (B,) bool)``."""
+def decode_step_scores(info: Mapping[str, "torch.Tensor"]) -> StepScores:
+    """Batched read-back of the blocks of B samples (each key a (B,) tensor)."""
     import torch
 
     width = carrier_width(info)
@@ -64,7 +80,7 @@ def decode_step_scores(info: Mapping[str, "torch.Tensor"]) -> tuple["torch.Tenso
     scores = torch.stack([info[STEP_KEY.format(k)].float().reshape(-1) for k in range(width)], dim=1)
     num_steps = info[NUM_STEPS_KEY].reshape(-1).round().long()
     failed = info[FAILED_KEY].reshape(-1) > 0.5
-    return scores, num_steps, failed
+    return StepScores(scores, num_steps, failed)
 
 
 def pop_carrier(info: dict) -> None:

@@ -10,8 +10,9 @@ for real in a minute or two on two cores:
 3. Step rewards (Step 3): ``GatewayReward`` posts them to the real gateway (``cdra prm serve``'s app, on
    loopback) whose PRM is ``ScriptedLLM`` with a rule the policy can learn: a step scores +1 when it contains
    ``TARGET`` ("quiet") and -1 otherwise, so the mean step score on [-1, 1] measures what was learnt.
-4. Advantages and update (Steps 4-5): ``CDPAGRPOTrainer`` with ``cdpa_mode`` = ``token_position`` (Eq. 3) for
-   ``mode="cdpa"``, or ``outcome`` (GRPO on R_dense, the comparison) for ``mode="outcome"``.
+4. Advantages and update (Steps 4-5): ``CDPAGRPOTrainer`` with ``CDPAConfig.mode`` = ``token_position`` (Eq. 3)
+   for ``mode="cdpa"``, ``outcome`` (GRPO on R_dense, the comparison) for ``mode="outcome"``, and any other of
+   ``cdra_plugin.cdpa.advantage.MODES`` by its name (``group_steps``, ``process``, ``min_form``).
 
     curve = learning_curve("cdpa", steps=30)   # LearningCurve(mode, scores, num_steps, seconds), one value per step
 
@@ -35,6 +36,7 @@ from typing import NamedTuple
 
 import torch
 
+from cdra_plugin.cdpa.advantage import MODES as CDPA_MODES
 from cdra_plugin.stub import BackgroundServer, ScriptedLLM, ScriptedRequest, score_text
 
 TARGET = "quiet"
@@ -47,7 +49,7 @@ PROMPTS = (  # (preference, question): the label the gateway reads; the rule its
     ("I work from home.", "How should I plan my week?"),
 )
 G = 5  # responses per prompt (the paper's G)
-MODES = {"cdpa": "token_position", "outcome": "outcome", "group_steps": "group_steps", "process": "process"}
+MODES = {"cdpa": "token_position", **{mode: mode for mode in CDPA_MODES if mode != "token_position"}}  # name -> mode
 _TARGET_WORD = re.compile(rf"\b{TARGET}\b", re.IGNORECASE)
 
 
@@ -142,11 +144,12 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
+    from cdra_plugin.cdpa.config import CDPAConfig
     from cdra_plugin.prm.config import GatewayConfig
     from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.server import create_app
     from cdra_plugin.trl.reward import GatewayReward
-    from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer
+    from cdra_plugin.trl.trainer import CDPAGRPOTrainer, GRPOConfig  # GRPOConfig: TRL's, through its adapter
 
     with tempfile.TemporaryDirectory(prefix="cdra-learn-") as tmp, ScriptedLLM(prm_script) as prm:
         policy = policy or build_policy(Path(tmp) / "policy", seed=seed)
@@ -161,17 +164,20 @@ def _train(mode, steps, policy, seed, learning_rate, trainer_cls, prm_script, pr
             reward = GatewayReward(gateway.url + "/get_reward", tokenizer)
             rows = [{"prompt": messages(p, q), "label": json.dumps({"preference": p, "question": q})}
                     for p, q in PROMPTS]  # fmt: skip
-            config = CDPAConfig(
-                output_dir=str(Path(tmp) / "run"), cdpa_mode=MODES[mode], max_steps=steps, seed=seed,
-                cdpa_outcome_aggregation="sum",  # outcome mode as the paper's GRPO on R_dense, the comparison
-                learning_rate=learning_rate, lr_scheduler_type="constant", num_generations=G, temperature=1.0,
+            args = GRPOConfig(
+                output_dir=str(Path(tmp) / "run"), max_steps=steps, seed=seed, learning_rate=learning_rate,
+                lr_scheduler_type="constant", num_generations=G, temperature=1.0,
                 per_device_train_batch_size=len(PROMPTS) * G, max_completion_length=48, beta=0.0,
                 loss_type="dr_grpo", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                 disable_tqdm=not progress, shuffle_dataset=False,
             )  # fmt: skip
-            trainer = (trainer_cls or CDPAGRPOTrainer)(
-                AutoModelForCausalLM.from_pretrained(policy), reward_funcs=[reward], args=config,
-                train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+            # outcome mode as the paper's GRPO on R_dense, the comparison
+            cdpa = CDPAConfig(mode=MODES[mode], outcome_aggregation="sum")
+            trainer_cls = trainer_cls or CDPAGRPOTrainer
+            extra = {"cdpa": cdpa} if issubclass(trainer_cls, CDPAGRPOTrainer) else {}  # TRL's own: no CDPA options
+            trainer = trainer_cls(
+                AutoModelForCausalLM.from_pretrained(policy), reward_funcs=[reward], args=args,
+                train_dataset=Dataset.from_list(rows), processing_class=tokenizer, **extra,
             )  # fmt: skip
             trainer.remove_callback(PrinterCallback)  # the curve is the output, not a dict per step on stdout
             trainer.train()

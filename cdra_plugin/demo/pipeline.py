@@ -247,25 +247,17 @@ def _advantages(group: _Group, replies: list[dict], colour: bool):
     import torch
 
     from cdra_plugin.cdpa.advantage import cdpa_advantages
-    from cdra_plugin.cdpa.align import align_steps
     from cdra_plugin.cdpa.carrier import decode_step_scores
+    from cdra_plugin.cdpa.layout import token_layout
 
     # the host turns every extra_logs entry into a per-sample tensor; the experience maker reads them back
     info = {key: torch.tensor([r["extra_logs"][key][0] for r in replies]) for key in replies[0]["extra_logs"]}
-    scores, num_steps, failed = decode_step_scores(info)
     ids = [group.tokenizer(r, add_special_tokens=False)["input_ids"] for r in group.responses]
-    aligned = align_steps(group.tokenizer, ids, max_steps=scores.shape[1])
-    width = max(len(i) for i in ids)
-    rewards, mask = torch.zeros(len(ids), width), torch.zeros(len(ids), width, dtype=torch.bool)
-    step_ids = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, row in enumerate(aligned):
-        if failed[i] or len(row.steps) != int(num_steps[i]):
-            continue  # takes no part, as in the trainer
-        n = len(row.step_of_token)
-        step_ids[i, :n], mask[i, :n] = row.step_of_token, True
-        rewards[i, :n] = scores[i][row.step_of_token]
-    adv, stats = cdpa_advantages(rewards, mask, group_size=len(ids), step_ids=step_ids)
-    outcome, outcome_stats = cdpa_advantages(rewards, mask, group_size=len(ids), mode="outcome", step_ids=step_ids)
+    layout = token_layout(group.tokenizer, ids, decode_step_scores(info))  # as in the trainers
+    inputs = (layout.rewards, layout.valid, len(ids))
+    adv, stats = cdpa_advantages(*inputs, step_ids=layout.step_ids)
+    outcome, outcome_stats = cdpa_advantages(*inputs, mode="outcome", step_ids=layout.step_ids)
+    scores, aligned = layout.step_scores.scores, layout.aligned
     print(f"[4/7] CDPA      per-token advantages, Eq. 3 (token_position: each token against the group's tokens at "
           f"its position); {stats['mean_steps']:.1f} steps per response\n")  # fmt: skip
     for i, row in enumerate(aligned):

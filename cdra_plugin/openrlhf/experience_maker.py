@@ -13,25 +13,22 @@ batch:
 
 1. The step scores come from the gateway through the ``extra_logs`` carrier (``cdra_plugin.cdpa.carrier``); the keys
    are removed from ``info`` once read.
-2. Each response is decoded from its action tokens (special tokens kept, the text the gateway saw), segmented
-   at the carrier's width, and every action token gets its step through the tokenizer's offsets, all in one
-   batched call (``cdra_plugin.cdpa.align``). A step count that disagrees with the gateway's is a failure.
-3. Host length penalties (DAPO overlong, ProRL stop-properly) change the scalar reward as in the host; that change
+2. Host length penalties (DAPO overlong, ProRL stop-properly) change the scalar reward as in the host; that change
    is added to every step score of the sample.
-4. Responses are laid out by response position (token t = t-th generated token) in the host's group order
-   (``index``, ``n_samples_per_prompt``) and ``cdpa_advantages`` runs once over the whole batch.
-5. ``--reward.clip_range LOW HIGH`` clamps each token's CDPA advantage, as the host clamps a group estimator's
+3. The action tokens of every response, in the host's group order (``index``, ``n_samples_per_prompt``), and their
+   step scores go through ``cdra_plugin.cdpa.layout.token_layout`` (decoded with special tokens kept, the text the
+   gateway saw, segmented at the carrier's width, r_{i,t} = r_i^{step(t)}; a step count that disagrees with the
+   gateway's is a failure), and ``cdpa_advantages`` runs once over the whole batch.
+4. ``--reward.clip_range LOW HIGH`` clamps each token's CDPA advantage, as the host clamps a group estimator's
    normalised reward (``compute_reward``) before the KL term; the share of tokens it changed is logged.
    KL as a reward (``--algo.kl.use_loss`` off) is then added as in the host: the return-to-go of -beta*KL_t.
-6. Failed samples (PRM failure under the gateway's ``drop`` policy, a reward call that never returned, or a step
+5. Failed samples (PRM failure under the gateway's ``drop`` policy, a reward call that never returned, or a step
    mismatch) take no part in the group statistics and get zero advantage; ``--cdpa.failure_policy fail`` raises
    instead. They are counted in ``info['cdpa_failed']``.
 
 Every ``info`` entry is one number per sample; the host logs their means as ``train/<key>`` (README, "Train with
 CDPA", lists the CDPA ones).
 """
-
-from dataclasses import dataclass
 
 import torch
 from openrlhf.models.utils import compute_reward
@@ -40,8 +37,15 @@ from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.utils.logging_utils import init_logger
 
 from cdra_plugin.cdpa.advantage import cdpa_advantages
-from cdra_plugin.cdpa.align import align_steps
-from cdra_plugin.cdpa.carrier import FAILED_KEY, carrier_width, decode_step_scores, encode_step_scores, pop_carrier
+from cdra_plugin.cdpa.carrier import (
+    FAILED_KEY,
+    StepScores,
+    carrier_width,
+    decode_step_scores,
+    encode_step_scores,
+    pop_carrier,
+)
+from cdra_plugin.cdpa.layout import TokenLayout, token_layout
 from cdra_plugin.openrlhf.tracer import CritiqueTracer
 
 logger = init_logger(__name__)
@@ -110,20 +114,14 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
             exp.rewards = exp.rewards.to(torch.promote_types(exp.rewards.dtype, torch.float32))
         before = [exp.rewards.clone() for exp in experiences]
         apply_length_penalties(experiences, args)
-
-        # Rewards are (B,) or, from a batch-style reward server such as the gateway, (B, 1): flatten.
-        rows = [
-            self._sample_rows(exp, (exp.rewards - prev).reshape(-1))
-            for exp, prev in zip(experiences, before, strict=True)
-        ]
-        layout = _ResponseLayout([r for exp_rows in rows for r in exp_rows], [i for e in experiences for i in e.index])
-        n_failed = int(sum(r.failed for exp_rows in rows for r in exp_rows))
+        layout = self._token_layout(experiences, before)
+        n_failed = int(layout.failed.sum())
         if n_failed and args.cdpa.failure_policy == "fail":
             raise RuntimeError(f"[cdpa] PRM scoring failed for {n_failed} samples and --cdpa.failure_policy is fail")
 
         advantages, stats = cdpa_advantages(
             layout.rewards,
-            layout.mask,
+            layout.valid,
             args.rollout.n_samples_per_prompt,
             mode=args.cdpa.mode,
             eps=args.cdpa.eps,
@@ -132,80 +130,59 @@ class CDPAExperienceMaker(RemoteExperienceMaker):
         )
         if args.reward.clip_range:
             low, high = args.reward.clip_range
-            changed = ((advantages < low) | (advantages > high)) & layout.mask
-            stats["clipped_token_frac"] = float(changed.sum() / layout.mask.sum().clamp(min=1))
+            changed = ((advantages < low) | (advantages > high)) & layout.valid
+            stats["clipped_token_frac"] = float(changed.sum() / layout.valid.sum().clamp(min=1))
             advantages = advantages.clamp(low, high)
-        for exp, exp_rows, per_sample in zip(experiences, rows, layout.split(advantages, experiences), strict=True):
-            self._finish(exp, exp_rows, per_sample, stats)
+        for exp in experiences:
+            self._finish(exp, layout, advantages, stats)
         if self.tracer is not None:
-            self.tracer.trace(experiences, rows, advantages, self.tokenizer)
+            self.tracer.trace(experiences, layout, advantages, self.tokenizer)
         logger.info("[cdpa] " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(stats.items())))
         return experiences
 
-    def _sample_rows(self, exp, penalty: torch.Tensor) -> list["_Row"]:
-        scores, num_steps, failed = decode_step_scores(exp.info)
-        width = scores.shape[1]
-        pop_carrier(exp.info)
-        # the action tokens of every row, aligned with their steps in one batched call (cdra_plugin.cdpa.align)
-        actions = [exp.sequences[i, 1:][exp.action_mask[i].bool()] for i in range(exp.sequences.shape[0])]
-        out = []
-        for i, (text, steps, step_of_token) in enumerate(align_steps(self.tokenizer, actions, max_steps=width)):
-            mismatch = not failed[i] and len(steps) != int(num_steps[i])
-            step_scores = scores[i, : len(steps)] + penalty[i].float()
-            out.append(_Row(step_of_token, step_scores, bool(failed[i]) or mismatch, mismatch, text, steps))
-        return out
+    def _token_layout(self, experiences, before: list[torch.Tensor]) -> TokenLayout:
+        """Every response of the batch in one layout, row = the host's sample ``index`` (its group order).
 
-    def _finish(self, exp, rows, advantages: torch.Tensor, stats: dict) -> None:
-        """Add the host's KL reward shaping, set advantages/returns and the per-sample logs."""
+        The change a length penalty made to a sample's reward is added to each of its step scores."""
+        decoded = [decode_step_scores(exp.info) for exp in experiences]
+        widths = sorted({steps.width for steps in decoded})
+        if len(widths) > 1:
+            raise RuntimeError(
+                f"[cdpa] step scores of widths {widths} in one batch: every gateway in --reward.remote_url must run "
+                "with the same --max-steps"
+            )
+        for exp in experiences:
+            pop_carrier(exp.info)
+        indices = torch.tensor([i for exp in experiences for i in exp.index])
+        row = torch.empty_like(indices)
+        row[indices] = torch.arange(len(indices))  # row[i]: where host sample i is in the experiences laid end to end
+        # rewards are (B,) or, from a batch-style reward server such as the gateway, (B, 1)
+        penalty = torch.cat([(exp.rewards - prev).reshape(-1) for exp, prev in zip(experiences, before, strict=True)])
+        scores = torch.cat([steps.scores for steps in decoded]) + penalty.float()[:, None]
+        num_steps = torch.cat([steps.num_steps for steps in decoded])
+        failed = torch.cat([steps.failed for steps in decoded])
+        actions = [
+            exp.sequences[i, 1:][exp.action_mask[i].bool()] for exp in experiences for i in range(len(exp.index))
+        ]
+        steps = StepScores(scores[row], num_steps[row], failed[row])
+        return token_layout(self.tokenizer, [actions[k] for k in row.tolist()], steps)
+
+    def _finish(self, exp, layout: TokenLayout, advantages: torch.Tensor, stats: dict) -> None:
+        """Back to the experience's (B, A) action layout, plus the host's KL reward shaping and the per-sample logs."""
+        rows = torch.tensor(exp.index)
+        action = exp.action_mask.bool()
+        own = torch.zeros(action.shape, dtype=torch.float32)
+        own[action] = advantages[rows][torch.arange(advantages.shape[1]) < action.sum(1, keepdim=True)]
         zeros = torch.zeros(len(rows), dtype=exp.kl.dtype)
         kl_reward = compute_reward(zeros, self.kl_ctl.value, exp.kl, action_mask=exp.action_mask)
         kl_return = self.get_cumulative_returns(kl_reward, exp.action_mask, 1.0) * exp.action_mask
-        failed = torch.tensor([r.failed for r in rows])
-        exp.advantages = torch.where(failed[:, None], 0.0, advantages + kl_return)
+        failed = layout.failed[rows]
+        exp.advantages = torch.where(failed[:, None], 0.0, own + kl_return)
         exp.returns = exp.advantages.clone()
         exp.info["return"] = exp.rewards.reshape(-1) + kl_reward.sum(dim=-1)
         exp.info[FAILED_KEY] = failed.float()
-        exp.info["cdpa_mismatch"] = torch.tensor([float(r.mismatch) for r in rows])
-        exp.info["cdpa_num_steps"] = torch.tensor([float(len(r.step_scores)) for r in rows])
+        exp.info["cdpa_mismatch"] = layout.mismatch[rows].float()
+        exp.info["cdpa_num_steps"] = torch.tensor([float(len(layout.aligned[i].steps)) for i in exp.index])
         for key, value in stats.items():
             exp.info[f"cdpa_{key}"] = torch.full((len(rows),), float(value))
         exp.kl = None
-
-
-@dataclass(slots=True)
-class _Row:
-    """One response: the step of each action token, its step scores, and whether it takes part."""
-
-    step_of_token: torch.Tensor
-    step_scores: torch.Tensor
-    failed: bool
-    mismatch: bool
-    text: str
-    steps: list
-
-
-class _ResponseLayout:
-    """All responses of a batch as (N, T) tensors, row = host sample index, column = response position."""
-
-    def __init__(self, rows: list[_Row], order: list[int]):
-        self.order = order
-        width = max([len(r.step_of_token) for r in rows] + [1])
-        self.rewards = torch.zeros(len(rows), width)
-        self.mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        self.step_ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for row, index in zip(rows, order, strict=True):
-            n = len(row.step_of_token)
-            self.step_ids[index, :n] = row.step_of_token
-            self.rewards[index, :n] = row.step_scores[row.step_of_token] if n else 0.0
-            self.mask[index, :n] = not row.failed
-
-    def split(self, advantages: torch.Tensor, experiences) -> list[torch.Tensor]:
-        """Back to each experience's (B, A) action layout."""
-        out = []
-        for exp in experiences:
-            per = torch.zeros(exp.action_mask.shape, dtype=torch.float32)
-            for i, index in enumerate(exp.index):
-                action = exp.action_mask[i].bool()
-                per[i, action] = advantages[index, : int(action.sum())]
-            out.append(per)
-        return out

@@ -22,6 +22,7 @@ import httpx
 import torch
 from openrlhf.utils.logging_utils import init_logger
 
+from cdra_plugin.cdpa.layout import TokenLayout
 from cdra_plugin.cdpa.prompts import strip_end_tokens
 from cdra_plugin.prm.protocol import first_critiques, score_request
 from cdra_plugin.traces import append_trace
@@ -49,28 +50,31 @@ class CritiqueTracer:
         urls = args.reward.remote_url if isinstance(args.reward.remote_url, list) else []
         return cls(config.trace_path, config.trace_sample_rate, config.trace_max_bytes, urls)
 
-    def trace(self, experiences, rows, advantages: torch.Tensor, tokenizer) -> int:
+    def trace(self, experiences, layout: TokenLayout, advantages: torch.Tensor, tokenizer) -> int:
         """Write the sampled responses of one batch; returns how many were written.
 
-        ``rows[k][i]``: the experience maker's row of sample i of ``experiences[k]`` (steps, step scores, the step
-        of each action token, failed); ``advantages``: (N, T) by host sample index and response position.
+        ``layout``: the experience maker's ``TokenLayout`` of the batch and ``advantages`` its (N, T) advantages,
+        both with row = the host's sample ``index`` (steps, step scores and the step of each action token).
         """
         written = no_critiques = 0
-        for exp, exp_rows in zip(experiences, rows, strict=True):
-            for i, row in enumerate(exp_rows):
+        for exp in experiences:
+            for i, index in enumerate(exp.index):
                 if self.rng.random() >= self.sample_rate:
                     continue
-                steps = [strip_end_tokens(s.body(row.text)) for s in row.steps]  # as the PRM was shown them
+                text, steps, step_of_token = layout.aligned[index]
+                bodies = [strip_end_tokens(s.body(text)) for s in steps]  # as the PRM was shown them
                 critiques = self._critiques(exp, i, tokenizer)
-                if critiques is not None and not _fits(critiques, len(steps)):  # e.g. the gateway split it otherwise
+                if critiques is not None and not _fits(critiques, len(bodies)):  # e.g. the gateway split it otherwise
                     critiques = None
                 no_critiques += critiques is None
+                failed = bool(layout.failed[index])
+                scores = layout.step_scores.scores[index, : len(steps)]
                 record = {
                     "prompt_id": _prompt_id(exp.labels[i]),
-                    "failed": row.failed,
-                    "steps": steps,
-                    "scores": [None if row.failed else round(float(x), 4) for x in row.step_scores],
-                    "mean_advantage": _mean_per_step(advantages[exp.index[i]], row.step_of_token, len(steps)),
+                    "failed": failed,
+                    "steps": bodies,
+                    "scores": [None if failed else round(float(x), 4) for x in scores],
+                    "mean_advantage": _mean_per_step(advantages[index], step_of_token, len(steps)),
                     "critiques": critiques,
                 }
                 append_trace(self.path, record, self.max_bytes)

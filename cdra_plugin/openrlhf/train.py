@@ -52,10 +52,7 @@ def split_argv(argv: list[str]) -> tuple[CDPAConfig, list[str], bool]:
     unknown = [t.split("=")[0] for t in host_argv if t.startswith(PREFIX)]
     if unknown:
         parser.error(f"unknown option {unknown[0]}; the CDPA options are {', '.join(CDPAConfig.option_names())}")
-    try:
-        config = CDPAConfig.from_namespace(known)
-    except ValueError as e:
-        parser.error(str(e))
+    config = CDPAConfig.from_namespace(known, parser, "openrlhf")
     is_cdpa = False
     for i, token in enumerate(host_argv):
         if token == ESTIMATOR_OPTION and i + 1 < len(host_argv) and host_argv[i + 1] == "cdpa":

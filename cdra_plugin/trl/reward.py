@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import httpx
 import torch
 
-from cdra_plugin.cdpa.carrier import decode_step_scores
+from cdra_plugin.cdpa.carrier import StepScores, decode_step_scores
 from cdra_plugin.llm.client import public_url
 
 
@@ -36,14 +36,7 @@ class GatewayBatch(NamedTuple):
     """One reward call: the completions' ids and the gateway's step scores for each (``cdra_plugin.cdpa.carrier``)."""
 
     completion_ids: list[list[int]]
-    scores: torch.Tensor  # (B, W) step scores r_i^j, 0.0 after num_steps
-    num_steps: torch.Tensor  # (B,) long
-    failed: torch.Tensor  # (B,) bool: the gateway dropped the sample (no step scores)
-
-    @property
-    def width(self) -> int:
-        """The gateway's ``--max-steps``: the trainer segments with the same value, so step counts agree."""
-        return self.scores.shape[1]
+    step_scores: StepScores
 
 
 class GatewayReward:
@@ -96,8 +89,9 @@ class GatewayReward:
                 "labels": labels}  # fmt: skip
         answer = self._post(body)
         info = {key: torch.tensor(values, dtype=torch.float64) for key, values in answer["extra_logs"].items()}
-        scores, num_steps, failed = decode_step_scores(info)
-        self.last = GatewayBatch([list(ids) for ids in completion_ids], scores, num_steps, failed)
+        step_scores = decode_step_scores(info)
+        self.last = GatewayBatch([list(ids) for ids in completion_ids], step_scores)
+        failed = step_scores.failed
         self._log(kwargs.get("log_metric"), info, failed)
         return [None if bad else float(r) for r, bad in zip(answer["rewards"], failed.tolist(), strict=True)]
 

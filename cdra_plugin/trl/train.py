@@ -4,16 +4,18 @@ with ``accelerate launch``). The paper's own training code is built on TRL and v
     accelerate launch --config_file zero3.yaml -m cdra_plugin.trl.train \\
         --model_name_or_path checkpoints/policy-rft --prompts data/deeppref/rl_prompts.jsonl \\
         --reward_url http://127.0.0.1:5000/get_reward --output_dir checkpoints/policy-cdpa-trl \\
-        --num_generations 5 --temperature 1.0 --max_steps 400 --cdpa_mode token_position
+        --num_generations 5 --temperature 1.0 --max_steps 400 --cdpa.mode token_position
 
-Options: this script's (``ScriptArguments`` below), TRL's ``GRPOConfig`` (with ``TrainingArguments``) and
-``CDPAConfig``'s ``--cdpa_mode``, ``--cdpa_eps``, ``--cdpa_outcome_aggregation``, all parsed by Hugging Face's
-``HfArgumentParser`` (``--help`` lists them). ``--estimator grpo`` trains TRL's own ``GRPOTrainer`` on the gateway's
-R_dense instead: the paper's GRPO baseline.
+Options: this script's (``ScriptArguments`` below), TRL's ``GRPOConfig`` (with ``TrainingArguments``), both parsed
+by Hugging Face's ``HfArgumentParser``, and the ``--cdpa.*`` options of ``cdra_plugin.cdpa.config.CDPAConfig``, the
+same as ``cdra-train``'s (one the TRL trainer does not honour, such as ``--cdpa.trace_path``, is refused); ``--help``
+lists them all. ``--estimator grpo`` trains TRL's own ``GRPOTrainer`` on the gateway's reward instead (the paper's
+GRPO baseline, on R_dense) and refuses ``--cdpa.*`` options.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 
@@ -49,27 +51,49 @@ def load_prompts(path: str, input_key: str, label_key: str):
     return dataset.rename_column(input_key, "prompt") if input_key != "prompt" else dataset
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # the --cdpa.* options already name their default
+        return action.help if "(default: " in (action.help or "") else super()._get_help_string(action)
+
+
+def parse_args(argv: list[str] | None = None):
+    """``(ScriptArguments, GRPOConfig, CDPAConfig)`` from the command line; a bad value exits with one line."""
+    from transformers import HfArgumentParser
+    from trl import GRPOConfig
+
+    from cdra_plugin.cdpa.config import CDPAConfig
+
+    parser = HfArgumentParser(
+        (ScriptArguments, GRPOConfig), prog="python -m cdra_plugin.trl.train", formatter_class=_HelpFormatter
+    )
+    CDPAConfig.add_arguments(parser, applies="--estimator cdpa")
+    script, config, cdpa_options = parser.parse_args_into_dataclasses(argv)
+    if script.estimator not in ("cdpa", "grpo"):
+        parser.error(f"--estimator must be cdpa or grpo, got {script.estimator!r}")
+    cdpa = CDPAConfig.from_namespace(cdpa_options, parser, "trl")
+    if script.estimator == "grpo" and cdpa != CDPAConfig():
+        parser.error("--cdpa.* options apply only with --estimator cdpa (they would change nothing here)")
+    return script, config, cdpa
+
+
 def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoTokenizer, HfArgumentParser
+    from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
     from cdra_plugin.trl.reward import GatewayReward
-    from cdra_plugin.trl.trainer import CDPAConfig, CDPAGRPOTrainer
+    from cdra_plugin.trl.trainer import CDPAGRPOTrainer
 
-    parser = HfArgumentParser((ScriptArguments, CDPAConfig))
-    script, config = parser.parse_args_into_dataclasses(argv)
-    if script.estimator not in ("cdpa", "grpo"):
-        parser.error(f"--estimator must be cdpa or grpo, got {script.estimator!r}")
+    script, config, cdpa = parse_args(argv)
     dataset = load_prompts(script.prompts, script.input_key, script.label_key)
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
     reward = GatewayReward(
         script.reward_url, tokenizer, label_key=script.label_key, auth_token_env=script.auth_token_env
     )
-    trainer_cls = CDPAGRPOTrainer if script.estimator == "cdpa" else GRPOTrainer
-    trainer = trainer_cls(
-        script.model_name_or_path, reward_funcs=[reward], args=config, train_dataset=dataset,
-        processing_class=tokenizer,
-    )  # fmt: skip
+    common = {"reward_funcs": [reward], "args": config, "train_dataset": dataset, "processing_class": tokenizer}
+    if script.estimator == "cdpa":
+        trainer = CDPAGRPOTrainer(script.model_name_or_path, cdpa=cdpa, **common)
+    else:
+        trainer = GRPOTrainer(script.model_name_or_path, **common)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     return 0

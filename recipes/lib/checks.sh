@@ -22,6 +22,14 @@ need_aggregation() {  # VAR: empty (any, or the gateway's default) or a reward a
   [[ -z ${!1} ]] || need_choice "$1" min mean weighted_mean sum
 }
 
+need_cdpa_mode() {  # CDPA_MODE: one of cdra_plugin.cdpa.advantage.MODES, asked of $PYTHON (loads torch: check it last)
+  local modes
+  modes=$("$PYTHON" -c 'from cdra_plugin.cdpa.advantage import MODES; print(*MODES)' 2>/dev/null) ||
+    die "cdra_plugin is not importable by '$PYTHON' (it checks CDPA_MODE): activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
+  # shellcheck disable=SC2086  # one word per mode
+  need_choice CDPA_MODE $modes
+}
+
 need_int() {  # VAR MIN [MAX]: a whole number in [MIN, MAX]
   local var=$1 min=$2 max=${3:-} value
   local range=">= $min${max:+ and <= $max}"
