@@ -51,6 +51,12 @@ class CDPAConfig:
     trace_path: str | None = _option(None, "JSONL file for critique traces, read by `cdra traces show`")
     trace_sample_rate: float = _option(0.01, "fraction of responses traced, within [0, 1]")
     trace_max_mb: float = _option(100.0, "rotate the trace file to <path>.1 past this size in MiB (> 0)")
+    stream_scoring: bool = _option(
+        False,
+        "score each completed step while the policy writes the next (cdra_plugin.openrlhf.stream): sets "
+        "--train.agent_func_path to the plugin's streaming executor, bound to the --reward.remote_url gateways; the "
+        "rewards are the same, the PRM finishes almost with the policy and needs fewer replicas. Any estimator",
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -73,6 +79,9 @@ class CDPAConfig:
         group = parser.add_argument_group("CDPA options (cdra-plugin; apply with --algo.advantage.estimator cdpa)")
         for f in fields(cls):
             shown = "off" if f.default is None else f.default
+            if isinstance(f.default, bool):  # a switch, like the host's *_enable options
+                group.add_argument(PREFIX + f.name, action="store_true", help=f"{f.metadata['help']} (default: off)")
+                continue
             group.add_argument(
                 PREFIX + f.name,
                 type=str if f.default is None else type(f.default),

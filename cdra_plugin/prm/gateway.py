@@ -15,14 +15,16 @@ counts, and the 502 names them all).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from cdra_plugin.prm import limits
 from cdra_plugin.prm.cache import ResultCache, content_key
 from cdra_plugin.prm.metrics import Metrics
 from cdra_plugin.prm.policy import FailurePolicy, SampleFailed, resolve
-from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, reward_response, summarize
+from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, prefix_response, reward_response, summarize
 from cdra_plugin.prm.reward import DEFAULT_REWARD_AGGREGATION, check_aggregation
 from cdra_plugin.prm.scoring import SampleResult, StepScorer
+from cdra_plugin.prm.step_cache import StepCache
 
 
 class Gateway:
@@ -64,6 +66,8 @@ class Gateway:
             "max_steps": scorer.max_steps,
             "end_tokens": list(scorer.end_tokens),
         }
+        scorer.step_cache = StepCache(int(cache_mb * (1 << 20)), self._identity, self.metrics)
+        self.metrics.step_cache_bytes.set_function(lambda: scorer.step_cache.nbytes)
 
     @property
     def width(self) -> int:
@@ -95,7 +99,10 @@ class Gateway:
     async def rewards(self, samples: list[Sample]) -> dict:
         """The /get_reward answer; raises ``SampleFailed`` naming every failed sample under the ``fail`` policy."""
         self.admit(samples)
+        arrived = time.perf_counter()
         results = await asyncio.gather(*(self.result(s) for s in samples))
+        for _ in samples:
+            self.metrics.reward_wait.observe(time.perf_counter() - arrived)
         summaries, failed = [], []
         for sample, result in zip(samples, results, strict=True):
             try:
@@ -111,6 +118,15 @@ class Gateway:
             self.metrics.samples.labels("failed").inc(len(failed))
             raise SampleFailed(f"{len(failed)} of {len(samples)} sample(s) failed: " + " | ".join(failed))
         return reward_response(summaries, self.width)
+
+    async def score_prefix(self, samples: list[Sample]) -> dict:
+        """The /score_prefix answer: the completed steps of responses still being written, scored into the step
+        cache (``cdra_plugin.prm.step_cache``) for their final /get_reward. Never raises for a failed step."""
+        self.admit(samples)
+        results = await asyncio.gather(
+            *(self.scorer.score(s.preference, s.question, s.response, prefix=True) for s in samples)
+        )
+        return prefix_response(results)
 
     async def details(self, samples: list[Sample], cache_only: bool = False) -> dict:
         """The /score answer: per-step results plus what the policy makes of each sample (never raises for it).

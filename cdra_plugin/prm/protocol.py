@@ -23,6 +23,14 @@ Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns eac
   without a PRM call).
 
 A dropped sample (``--failure-policy drop``) gets reward 0.0, score 0.5 and ``cdpa_failed = 1``.
+
+``POST /score_prefix`` (the plugin's streaming executor, ``cdra_plugin.openrlhf.stream``): a ``/get_reward`` body whose
+query holds a response still being generated. The gateway scores the steps of it that are complete
+(``cdra_plugin.cdpa.steps.completed_steps``: the same in every continuation) into its step cache
+(``cdra_plugin.prm.step_cache``), so the final ``/get_reward`` of the whole response finds them scored. It answers
+when they are, one result per sample::
+
+    {"results": [{"completed_steps": 2, "scores": [0.5, null]}]}     # null: that step failed (scored again later)
 """
 
 from __future__ import annotations
@@ -224,6 +232,11 @@ def summarize(result: SampleResult, outcome: Outcome, aggregation: str, width: i
     scores, lengths = outcome.step_scores, [step_length(s.text) for s in result.steps]
     score01 = min(1.0, max(0.0, (step_average(scores, lengths, aggregation) + 1.0) / 2.0))
     return {"reward": aggregate(scores, lengths, aggregation), "score": score01, "extra_logs": extra}
+
+
+def prefix_response(results: list[SampleResult]) -> dict[str, Any]:
+    """The ``/score_prefix`` answer: for each sample, how many completed steps were scored and their scores."""
+    return {"results": [{"completed_steps": len(r.steps), "scores": [s.score for s in r.steps]} for r in results]}
 
 
 def reward_response(summaries: list[dict[str, Any]], width: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ count agrees with a trainer that segments the undecoded text.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import statistics
 import sys
@@ -40,7 +41,7 @@ from cdra_plugin.cdpa.prompts import (
     prm_prompt,
     strip_end_tokens,
 )
-from cdra_plugin.cdpa.steps import segment_steps
+from cdra_plugin.cdpa.steps import completed_steps, segment_steps
 from cdra_plugin.llm.client import LLMCallError, LLMClient
 
 TEMPLATE_FIELDS = ("preference", "question", "previous_steps", "current_step")
@@ -98,6 +99,8 @@ def load_template(path: str | Path) -> str:
 class StepScorer:
     """Score responses step by step through a ``LLMClient`` (see module docstring)."""
 
+    step_cache = None  # the gateway's ``cdra_plugin.prm.step_cache.StepCache``: every step's PRM call goes through it
+
     def __init__(
         self,
         client: LLMClient,
@@ -123,33 +126,51 @@ class StepScorer:
         self.end_tokens = tuple(end_tokens)
         self.metrics = metrics
 
-    def step_prompts(self, preference: str, question: str, response: str) -> list[tuple[object, str, str]]:
-        """``(Step, step text, PRM prompt)`` for each step of ``response`` (Eq. 1 inputs)."""
+    def step_prompts(
+        self, preference: str, question: str, response: str, *, prefix: bool = False
+    ) -> list[tuple[object, str, str]]:
+        """``(Step, step text, PRM prompt)`` for each step of ``response`` (Eq. 1 inputs); with ``prefix``, of a
+        response still being written, for its completed steps only (``cdra_plugin.cdpa.steps.completed_steps``)."""
         text = strip_end_tokens(response, self.end_tokens)
-        steps = segment_steps(text, max_steps=self.max_steps)
+        steps = (completed_steps if prefix else segment_steps)(text, max_steps=self.max_steps)
         bodies = [s.body(text) for s in steps]
         return [
             (step, bodies[j], prm_prompt(preference, question, bodies[: j + 1], template=self.template))
             for j, step in enumerate(steps)
         ]
 
-    async def score(self, preference: str, question: str, response: str) -> SampleResult:
+    async def score(self, preference: str, question: str, response: str, *, prefix: bool = False) -> SampleResult:
+        """The steps of ``response`` scored; with ``prefix`` (``/score_prefix``) only the completed steps of a response
+        still being written, into the step cache, uncounted (its final call counts what the sample gets)."""
         started = time.perf_counter()
-        triples = self.step_prompts(preference, question, response)
-        if not any(text for _, text, _ in triples):
+        triples = self.step_prompts(preference, question, response, prefix=prefix)
+        if not prefix and not any(text for _, text, _ in triples):
             steps = [_empty_step(step) for step, _, _ in triples]
             return SampleResult(steps, time.perf_counter() - started, empty=True)
         # The steps share their prompt's prefix (P, q, earlier steps): one replica's prefix cache serves them all when
-        # it is not overloaded. The arrival time keeps responses first come first served, retries included.
-        key = hashlib.blake2b("\0".join((preference, question, response)).encode(), digest_size=8).hexdigest()
+        # it is not overloaded; keyed by the first step, so a response's early and final calls meet there too. The
+        # arrival time keeps responses first come first served, retries included.
+        first = triples[0][1] if triples else ""
+        key = hashlib.blake2b("\0".join((preference, question, first)).encode(), digest_size=8).hexdigest()
         order = {"affinity": key, "priority": time.monotonic()}
-        steps = await asyncio.gather(*(self._score_step(step, text, prompt, order) for step, text, prompt in triples))
+        bodies = [text for _, text, _ in triples]
+        steps = await asyncio.gather(
+            *(self._step(preference, question, bodies[: j + 1], step, prompt, order, prefix)
+              for j, (step, _, prompt) in enumerate(triples))
+        )  # fmt: skip
         result = SampleResult(list(steps), time.perf_counter() - started)
-        if self.metrics is not None:
+        if self.metrics is not None and not prefix:
             self.metrics.sample_latency.observe(result.latency_s)
             for step in result.failed_steps:
                 self.metrics.step_failures.labels(step.failure).inc()
         return result
+
+    async def _step(self, preference, question, bodies, step, prompt, order, early: bool) -> StepResult:
+        """Step ``step`` (its text ``bodies[-1]``) through the step cache when the gateway has one."""
+        compute = functools.partial(self._score_step, step, bodies[-1], prompt, order)
+        if self.step_cache is None:
+            return await compute()
+        return await self.step_cache.result(preference, question, bodies, step, compute, early=early)
 
     async def _score_step(self, step, text: str, prompt: str, order: dict) -> StepResult:
         started = time.perf_counter()
