@@ -77,13 +77,16 @@ def test_streaming_generates_and_rewards_exactly_as_the_host(prm, tiny_tokenizer
     with serving([prm.base_url], *FAST) as (host_url, _), serving([prm.base_url], *FAST) as (stream_url, _):
         host = asyncio.run(generate(SingleTurnAgentExecutor(host_url + "/get_reward"), tiny_tokenizer, prompt,
                                     engine_for(tiny_tokenizer, RESPONSES), params, n=len(RESPONSES)))  # fmt: skip
+        host_calls = [r.prompt for r in prm.requests]
         streamed = asyncio.run(generate(AgentExecutor(stream_url + "/get_reward"), tiny_tokenizer, prompt,
                                         engine_for(tiny_tokenizer, RESPONSES), params, n=len(RESPONSES)))  # fmt: skip
+        stream_calls = [r.prompt for r in prm.requests][len(host_calls) :]
         early = metric(stream_url, 'cdra_prm_early_steps_total{outcome="scored"}')
     assert [o["truncated"] for o in host] == [False, False, False, True]
     assert all(o["reward"] is not None for o in host)
     assert streamed == host
     assert early >= 4  # it did stream: steps were scored early (the rest of the test is the point)
+    assert sorted(stream_calls) == sorted(host_calls)  # the same PRM calls: the truncated sample wasted none
     for mine, theirs in zip(streamed, host, strict=True):
         a = SamplesGenerator._process_response_into_experience(None, mine, max_len=4096)
         b = SamplesGenerator._process_response_into_experience(None, theirs, max_len=4096)

@@ -12,8 +12,9 @@ subclassed) reading the vLLM engine's stream of partial outputs on its way to th
   without streaming;
 - each partial output is checked, cheaply (at a line break or early in a line, where a marker can complete a step),
   for a newly completed step (``cdra_plugin.cdpa.steps.completed_steps``, the rules the gateway and the trainer
-  segment with). Then the response so far, decoded as the host decodes the final query, goes to the gateway's
-  ``POST /score_prefix`` in a task of its own: generation never waits for it, and its answer is not needed;
+  segment with). Then the prompt and the response so far, as vLLM has detokenized it (the text the host's final
+  query decodes to; nothing is decoded again here), go to the gateway's ``POST /score_prefix`` in a task of its own:
+  generation never waits for it, and its answer is not needed;
 - the gateway scores those steps into its step cache (``cdra_plugin.prm.step_cache``), so the final ``/get_reward``
   pays only for the steps not yet scored and joins those still in flight. A failed or slow early call costs its PRM
   work and nothing else: the final call scores the step again under the usual failure policy. Early calls still
@@ -57,7 +58,7 @@ class AgentExecutor(SingleTurnAgentExecutor):
                 "cdra-plugin's streaming AgentExecutor has no gateway: start training with cdra-train "
                 "--cdpa.stream_scoring --reward.remote_url http://HOST:PORT/get_reward, which binds it to one"
             )
-        early = _EarlyCalls(self._client(), self.prefix_url, prompt, label, hf_tokenizer)
+        early = _EarlyCalls(self._client(), self.prefix_url, prompt, label)
         try:
             watched = _WatchedActor(llm_engine, early.see)
             return await super().execute(prompt, label, sampling_params, max_length, hf_tokenizer, watched, images)
@@ -80,8 +81,8 @@ class AgentExecutor(SingleTurnAgentExecutor):
 class _EarlyCalls:
     """One sample's early calls: ``see`` each partial output; a newly completed step posts the response so far."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, prompt: str, label, tokenizer):
-        self.session, self.url, self.prompt, self.label, self.tokenizer = session, url, prompt, label, tokenizer
+    def __init__(self, session: aiohttp.ClientSession, url: str, prompt: str, label):
+        self.session, self.url, self.prompt, self.label = session, url, prompt, label
         self.complete = 0  # completed steps posted so far
         self.base = 0  # where the first step not yet complete starts in the output text
         self.seen = 0  # characters of output text seen
@@ -101,10 +102,7 @@ class _EarlyCalls:
         if len(steps) <= self.complete:
             return
         self.complete, self.base = len(steps), steps[-1].end
-        ids = [*output.prompt_token_ids, *completion.token_ids]
-        task = asyncio.get_running_loop().create_task(
-            self._post(self.tokenizer.decode(ids, skip_special_tokens=False))
-        )
+        task = asyncio.get_running_loop().create_task(self._post(self.prompt + text))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
