@@ -101,8 +101,9 @@ class Gateway:
         self.admit(samples)
         arrived = time.perf_counter()
         results = await asyncio.gather(*(self.result(s) for s in samples))
+        waited = time.perf_counter() - arrived  # since its last token: OpenRLHF posts a sample when it ends
         for _ in samples:
-            self.metrics.reward_wait.observe(time.perf_counter() - arrived)
+            self.metrics.reward_wait.observe(waited)
         summaries, failed = [], []
         for sample, result in zip(samples, results, strict=True):
             try:

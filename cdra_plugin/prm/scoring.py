@@ -15,6 +15,11 @@ each of its steps gets ``EMPTY_SCORE`` = -1.0, the bottom of the Fig. 15 scale, 
 (counted by the gateway: ``prm_empty`` in extra_logs, ``cdra_prm_empty_responses_total``). Judging it would cost a
 PRM call per step and invite the PRM to be lenient with a non-answer.
 
+Every step's PRM call goes through the gateway's step cache (``cdra_plugin.prm.step_cache``) when it has one, so a
+step already scored for a response with the same (P, q, steps 1..j) is not sent again; ``score(..., prefix=True)``
+scores the completed steps of a response still being generated (``POST /score_prefix``: the streaming executor's
+early calls).
+
 Trailing end-of-sequence tokens (OpenRLHF decodes the response with ``skip_special_tokens=False``) are removed
 before segmenting, so the PRM never sees ``<|im_end|>`` as text; this only shortens the last step, so the step
 count agrees with a trainer that segments the undecoded text.
