@@ -52,7 +52,8 @@ For each mode it prints, and puts in its JSON last line (post hoc: the top-level
   the gateway's scheduling; ``critique_tokens_per_policy_token``;
 - streaming, ``early_step_fraction``: the share of steps the final ``/get_reward`` found scored or in flight.
 
-Each table row also shows ``lag``: how much later than its schedule the simulated policy finished (measured
+Each table row also shows the gateway's CPU seconds per rollout (``gateway CPU s``: real seconds, what streaming's
+early calls cost it) and ``lag``: how much later than its schedule the simulated policy finished (measured
 generation over the modelled one). It runs in this process, on this machine's CPU; above a few percent the machine
 was too busy for the replay, and the row is not to be trusted (streaming loads the gateway while the policy runs:
 at ``--time-scale 3`` the lag reached 27% on this 2-core VM shared with other work; at 1.5 it stays at 0).
@@ -268,6 +269,13 @@ class Deployment:
             found[result] = sum(float(x.split(" ")[-1]) for x in text.splitlines() if x.startswith(line))
         return found
 
+    def gateway_cpu_s(self) -> float:
+        """CPU seconds the gateway process has used so far."""
+        import psutil
+
+        times = psutil.Process(self.gateway.pid).cpu_times()
+        return times.user + times.system
+
     def close(self) -> None:
         self.gateway.terminate()
         self.gateway.wait(timeout=30)
@@ -376,12 +384,13 @@ def run_replicas(args, policy: Policy, replicas: int, streaming: bool, tags) -> 
     try:
         for _ in range(args.repeats):
             httpx.post(deployment.sim_url + "/reset", timeout=10).raise_for_status()
-            before = deployment.steps_found()
+            before, cpu = deployment.steps_found(), deployment.gateway_cpu_s()
             times = asyncio.run(policy.rollout(deployment.url, streaming, next(tags)))
             after = deployment.steps_found()
             found = {k: after[k] - before[k] for k in after}
             run = summarize(replicas, times, deployment.stats())
             run["early_step_fraction"] = (found["hit"] + found["joined"]) / max(1.0, sum(found.values()))
+            run["gateway_cpu_s"] = deployment.gateway_cpu_s() - cpu  # real seconds, whatever the time scale
             runs.append(run)
     finally:
         deployment.close()
@@ -512,9 +521,10 @@ def search(args, p: dict, policy: Policy, mode: str, tags) -> tuple[list[dict], 
     print(f"{mode} (goal {m['goal']}x):")
     print(
         f"| {'R':>3} | {'gen s':>6} | {'end s':>6} | {'ratio':>6} | {'ideal':>6} | {'p50 score s':>11} | "
-        f"{'max score s':>11} | {'PRM busy':>8} | {'prefix hit':>10} | {'early':>5} | {'PRM calls':>9} | {'lag':>5} |"
+        f"{'max score s':>11} | {'PRM busy':>8} | {'prefix hit':>10} | {'early':>5} | {'PRM calls':>9} | "
+        f"{'gateway CPU s':>13} | {'lag':>5} |"
     )
-    print("|" + "|".join("-" * w for w in (5, 8, 8, 8, 8, 13, 13, 10, 12, 7, 11, 7)) + "|")
+    print("|" + "|".join("-" * w for w in (5, 8, 8, 8, 8, 13, 13, 10, 12, 7, 11, 15, 7)) + "|")
     runs, recommended = [], None
     for replicas in candidates:
         run = run_replicas(args, policy, replicas, mode == "streaming", tags)
@@ -527,7 +537,7 @@ def search(args, p: dict, policy: Policy, mode: str, tags) -> tuple[list[dict], 
         print(f"| {replicas:>3} | {run['generation_s']:6.1f} | {run['end_s']:6.1f} | {run['overhead_ratio']:6.3f} | "
               f"{ideal} | {run['scoring_p50_s']:11.2f} | {run['scoring_max_s']:11.2f} | {run['prm_busy']:8.1%} | "
               f"{run['prefix_cache_hit']:10.1%} | {run['early_step_fraction']:5.0%} | {run['prm_calls']:>9} | "
-              f"{run['policy_lag']:5.1%} |",
+              f"{run['gateway_cpu_s']:13.2f} | {run['policy_lag']:5.1%} |",
               flush=True)  # fmt: skip
         if recommended is None and run["overhead_ratio"] <= m["goal"]:
             recommended = run
