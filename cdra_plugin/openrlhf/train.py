@@ -200,7 +200,8 @@ def _require_streaming_host() -> None:
     missing = host_mismatches()
     if missing:
         print(f"cdra-train: error: {STREAM_OPTION} was built for {BUILT_FOR}, and the installed host does not "
-              f"stream as it expects: {'; '.join(missing)}", file=sys.stderr, flush=True)  # fmt: skip
+              f"stream as it expects: {'; '.join(missing)}. Install that version, or train without {STREAM_OPTION} "
+              "(the recipes: STREAM_SCORING=0)", file=sys.stderr, flush=True)  # fmt: skip
         raise SystemExit(2)
 
 
