@@ -13,6 +13,11 @@
 #   CDPA_MODE=process N_SAMPLES=8 bash recipes/train_cdpa.sh
 #   RAY_ADDRESS=http://head:8265 NNODES=4 bash recipes/train_cdpa.sh   # multi-node: a Ray cluster you started
 #   ESTIMATOR=group_norm bash recipes/train_cdpa.sh            # see train_grpo_baseline.sh for the GRPO baseline
+#   STREAM_SCORING=0 bash recipes/train_cdpa.sh                # score each sample after it ends, as OpenRLHF does
+#
+# STREAM_SCORING=1 (the default) runs `cdra-train --cdpa.stream_scoring`: the PRM scores each step while the policy
+# writes the next, so scoring ends almost with generation and needs fewer PRM replicas (README, "Sizing the PRM");
+# rewards are the same.
 #
 # Multi-node: on the head `ray start --head --num-gpus 8`, on every other node `ray start --address HEAD_IP:6379
 # --num-gpus 8`; cdra-plugin (scripts/setup_env.sh) must be installed on every node. Every value below is an
@@ -30,6 +35,7 @@ GENERATE_MAX_LEN=${GENERATE_MAX_LEN:-1024}
 # --- models and reward
 POLICY=${POLICY:-checkpoints/policy-rft}
 REWARD_URL=${REWARD_URL:-http://127.0.0.1:5000/get_reward}
+STREAM_SCORING=${STREAM_SCORING:-1}  # 1: steps scored while the policy writes (cdra-train --cdpa.stream_scoring)
 SAVE_PATH=${SAVE_PATH:-checkpoints/policy-cdpa}
 
 # --- algorithm (paper: G = 5, temperature 1.0, <= 400 steps)
@@ -66,6 +72,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/gateway.sh"
 check_inputs() {
   need_choice DRY_RUN 0 1
   need_choice GPU_CHECK 0 1
+  need_choice STREAM_SCORING 0 1
   check_jsonl PROMPTS "$(prepare_hint PROMPTS rl_prompts.jsonl)" INPUT_KEY LABEL_KEY
   [[ -z $EVAL_PROMPTS ]] || check_jsonl EVAL_PROMPTS "set it to an eval.jsonl from 'cdra data prepare', or leave it empty" \
     INPUT_KEY LABEL_KEY
@@ -148,6 +155,7 @@ MODEL_ARGS=(
   --ckpt.save_steps "$SAVE_STEPS"
   --ckpt.save_hf
 )
+[[ $STREAM_SCORING == 0 ]] || MODEL_ARGS+=(--cdpa.stream_scoring)
 
 ALGO_ARGS=(
   --algo.advantage.estimator "$ESTIMATOR"
@@ -190,9 +198,9 @@ RESOURCE_ARGS=(
 
 LOG_ARGS=(--logger.logging_steps 1 --logger.tensorboard_dir "$SAVE_PATH/tensorboard")
 
-# cdra-train for cdpa; the GRPO baseline runs OpenRLHF's own entry point.
+# cdra-train for cdpa or streaming; the GRPO baseline without streaming runs OpenRLHF's own entry point.
 ENTRY=(python3 -m cdra_plugin.train)
-[[ $ESTIMATOR == cdpa ]] || ENTRY=(python3 -m openrlhf.cli.train_ppo_ray)
+[[ $ESTIMATOR == cdpa || $STREAM_SCORING == 1 ]] || ENTRY=(python3 -m openrlhf.cli.train_ppo_ray)
 read -r -a EXTRA <<<"$EXTRA_ARGS"
 CMD=(ray job submit --address "$RAY_ADDRESS" --
   "${ENTRY[@]}" "${DATA_ARGS[@]}" "${MODEL_ARGS[@]}" "${ALGO_ARGS[@]}" "${RESOURCE_ARGS[@]}" "${LOG_ARGS[@]}"

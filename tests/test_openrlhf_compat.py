@@ -2,7 +2,8 @@
 
 The plugin uses the host through a narrow surface (``cdra_plugin/openrlhf/``): the ``train_ppo_ray`` parser it
 rewrites, the trainer classes ``train()`` looks up at call time, the experience maker whose state it copies and whose
-one method it overrides, the ``Experience`` fields it reads and writes, and three helpers. Each check below names the
+one method it overrides, the ``Experience`` fields it reads and writes, three helpers, and the rollout actor and
+single-turn executor the streaming executor (``--cdpa.stream_scoring``) builds on. Each check below names the
 place in the host and what the plugin does with it; all differences are reported together.
 """
 
@@ -114,6 +115,26 @@ def _missing(monkeypatch, tiny_model_path) -> list[str]:
     used = ["sequences", "attention_mask", "action_mask", "rewards", "scores", "kl", "advantages", "returns"]
     for name in used + ["index", "prompts", "labels", "info"]:
         need(f"Experience.{name}", name in names)
+
+    # --cdpa.stream_scoring: the streaming executor (cdra_plugin.openrlhf.stream's own checks, which cdra-train runs at
+    # start too), the agent path's effect on --reward.remote_url, and the trainers' vllm_engines the launcher binds
+    from cdra_plugin.openrlhf.stream import host_mismatches
+
+    missing += [f"streaming: {what}" for what in host_mismatches()]
+    agent_args = host_args(monkeypatch, [*argv[:-2], "--train.agent_func_path", "x.py"])
+    need("--train.agent_func_path sets args.reward.remote_url to ['agent']", agent_args.reward.remote_url == ["agent"])
+    for name, cls in (("PPOTrainer", PPOTrainer), ("PPOTrainerAsync", PPOTrainerAsync)):
+        need(
+            f"{name}(pretrain, strategy, actor_model_group, critic_model_group, reward_model_group, "
+            "reference_model_group, vllm_engines, ...)",
+            params(cls.__ray_actor_class__.__init__)[:8]
+            == ["self", "pretrain", "strategy", "actor_model_group", "critic_model_group", "reward_model_group",
+                "reference_model_group", "vllm_engines"],
+        )  # fmt: skip
+    need(
+        "train() creates the vLLM engines before it starts the trainer (the launcher binds them first)",
+        train_src.index("vllm_engines = create_vllm_engines(") < train_src.index("PPOTrainer.remote("),
+    )
 
     # logging: every info entry reaches the actor's metrics, so wandb/TensorBoard get train/<key> (README)
     need(

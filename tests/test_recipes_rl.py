@@ -65,6 +65,7 @@ def test_every_recipe_is_valid_bash(name):  # the one `bash -n` check per recipe
         ({"SKIP_HEALTH_CHECK": "yes"}, "SKIP_HEALTH_CHECK=yes: expected one of: 0 1"),
         ({"EVAL_PROMPTS": "eval.jsonl"}, "EVAL_PROMPTS=eval.jsonl not found"),
         ({"REWARD_AGGREGATION": "total"}, "REWARD_AGGREGATION=total: expected one of: min mean weighted_mean sum"),
+        ({"STREAM_SCORING": "yes"}, "STREAM_SCORING=yes: expected one of: 0 1"),
     ],
 )
 def test_train_cdpa_checks_every_value(tmp_path, prompts, env, message):
@@ -147,10 +148,20 @@ def test_a_dry_run_says_what_it_did_not_check(tmp_path, prompts):
 
 
 @pytest.mark.parametrize(
-    "recipe, entry", [("train_cdpa.sh", "cdra_plugin.train"), ("train_grpo_baseline.sh", "openrlhf.cli.train_ppo_ray")]
+    "recipe, stream, entry",
+    [
+        ("train_cdpa.sh", "1", "cdra_plugin.train"),
+        ("train_cdpa.sh", "0", "cdra_plugin.train"),
+        ("train_grpo_baseline.sh", "1", "cdra_plugin.train"),  # cdra-train streams for the host's group_norm too
+        ("train_grpo_baseline.sh", "0", "openrlhf.cli.train_ppo_ray"),
+    ],
 )
-def test_recipe_command_is_accepted_by_the_host_parser(monkeypatch, tmp_path, prompts, tiny_model_path, recipe, entry):
-    env = {"PROMPTS": str(prompts), "POLICY": str(tiny_model_path), "MAX_STEPS": "4", "CDPA_MODE": "min_form"}
+def test_recipe_command_is_accepted_by_the_host_parser(
+    monkeypatch, tmp_path, prompts, tiny_model_path, recipe, stream, entry
+):
+    env = {"PROMPTS": str(prompts), "POLICY": str(tiny_model_path), "MAX_STEPS": "4", "STREAM_SCORING": stream}
+    if recipe == "train_cdpa.sh":
+        env["CDPA_MODE"] = "min_form"
     out = run_recipe(recipe, tmp_path, **env)
     assert out.returncode == 0, out.stderr
     command = shlex.split(out.stdout.strip().splitlines()[-1])
@@ -164,5 +175,6 @@ def test_recipe_command_is_accepted_by_the_host_parser(monkeypatch, tmp_path, pr
     assert args.rollout.n_samples_per_prompt == 5 and args.rollout.temperature == 1.0
     assert args.train.num_episodes * args.data.max_samples // args.rollout.batch_size >= 4
     assert args.algo.advantage.estimator == "group_norm"  # what the host parser sees (cdpa is restored at launch)
-    assert ("--cdpa.mode" in argv) == (entry == "cdra_plugin.train")
-    assert "--cdpa.mode min_form" in " ".join(argv) or entry != "cdra_plugin.train"
+    assert ("--cdpa.mode" in argv) == (recipe == "train_cdpa.sh")
+    assert "--cdpa.mode min_form" in " ".join(argv) or recipe != "train_cdpa.sh"
+    assert ("--cdpa.stream_scoring" in argv) == (stream == "1") == (args.train.agent_func_path is not None)

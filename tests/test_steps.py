@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cdra_plugin.cdpa.align import align_steps
 from cdra_plugin.cdpa.prompts import DEFAULT_END_TOKENS, strip_end_tokens
-from cdra_plugin.cdpa.steps import _MARKER_LINE, Step, segment_steps
+from cdra_plugin.cdpa.steps import _MARKER_LINE, Step, completed_steps, segment_steps
 
 CORPUS = [json.loads(line) for line in (Path(__file__).parent / "assets" / "step_corpus.jsonl").open(encoding="utf-8")]
 
@@ -327,3 +327,86 @@ def test_gateway_and_trainer_find_the_same_steps(tiny_tokenizer, parts, max_step
     assert [(s.start, s.body_start, s.marker) for s in trainer.steps] == [
         (s.start, s.body_start, s.marker) for s in gateway
     ]
+
+
+# ---------------------------------------------------------------- prefixes of a response still being written
+# The streaming executor sends the PRM each step of a prefix that ``completed_steps`` calls complete; the gateway's
+# step cache serves it again at the final call only if the full response has the very same step. So for every cut of
+# every response, a completed step must be the full response's step, as the gateway segments it.
+
+
+def assert_prefix_steps_are_final(text: str, max_steps: int | None) -> int:
+    """Every completed step of every prefix is the final step; returns how many (prefix, step) pairs were checked."""
+    final = segment_steps(strip_end_tokens(text), max_steps)
+    checked = 0
+    for cut in range(len(text) + 1):
+        prefix = text[:cut]
+        for step in completed_steps(prefix, max_steps):
+            assert step.index < len(final) - 1, (prefix, step)
+            assert step == final[step.index], (prefix, step, final[step.index])
+            assert step.body(prefix) == final[step.index].body(text)
+            checked += 1
+    return checked
+
+
+_STEPWISE = ["Step 1:", "Step 2.", "**Step 3**", "### Step 4 (why):", "> step 5 -", "- **Step 6**: x", "Step N:"]
+_STEPWISE += ["Final Answer:", "**Final answer**", "Answer:", "Answer the", "Step 7 is", "Step", "Steps"]
+_STEPWISE += ["\n", "\n", "\n\n", "\r\n", "\r", " ", "\t", "x", "The user likes quiet.", "é", "東", "🙂", "...", "---"]
+_STEPWISE += ["```", "```py", "~~~", "<|im_end|>", "</s>", "</s", "<|im", "<|endoftext|>", "\u00a0", "**", "1"]
+
+
+_MARKERS = ["Step 1:", "step 2 -", "Step 3.", "Step 4)", "**Step 5:**", "### Step 6", "- **Step 7**:", "> Step 2.1:"]
+_MARKERS += ["Step 3 (Deeper motive):", "Step N:", "Final Answer:", "**Final answer**", "Answer:", "Step 12", "Step"]
+_CONTENT_PIECES = ["", "", "x", "likes quiet", "1", "é", "🙂", "...", "**", "Step 3", "is", "</s>", "</s"]
+_CONTENT_PIECES += ["<|im_end|>"]
+_INDENTS, _BLANKS = ["", "", " ", "  "], ["", "", " ", "\t"]
+_LINE = st.tuples(*map(st.sampled_from, (_INDENTS, _MARKERS + [""] * 4, _BLANKS, _CONTENT_PIECES)))
+_RESPONSE = st.tuples(
+    st.lists(_LINE, max_size=10),
+    st.sampled_from(["\n", "\n", "\r\n", "\n\n"]),
+    st.sampled_from(["", "", "<|im_end|>", "</s>", " <|endoftext|>\n", "```"]),
+).map(lambda r: r[1].join("".join(line) for line in r[0]) + r[2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_RESPONSE, st.sampled_from([None, 1, 2, 3, 32]))
+def test_a_completed_step_of_a_prefix_is_the_final_step(text, max_steps):
+    assert_prefix_steps_are_final(text, max_steps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_STEPWISE), max_size=40), st.sampled_from([None, 1, 2, 3, 32]))
+def test_a_completed_step_of_a_prefix_of_fragments_is_the_final_step(parts, max_steps):
+    assert_prefix_steps_are_final("".join(parts), max_steps)
+
+
+@pytest.mark.parametrize("max_steps", [None, 3])
+def test_completed_steps_on_the_corpus(max_steps):
+    assert sum(assert_prefix_steps_are_final(r["text"], max_steps) for r in CORPUS) > 500
+
+
+@pytest.mark.parametrize(
+    ("prefix", "complete"),
+    [
+        ("Step 1: a\nStep 2: b", 1),  # step 2 has content on its marker's line: step 1 is done
+        ("Step 1: a\nStep 2:", 0),  # no content yet
+        ("Step 1: a\nStep 2:\n", 0),
+        ("Step 1: a\nStep 2:\nb", 0),  # b's line may still become "b..." or a marker line ("Step 3: ...")
+        ("Step 1: a\nStep 2:\nStep", 0),  # ... as here: "Step 3: x" would leave step 2 empty
+        ("Step 1: a\nStep 2:\nb\n", 1),
+        ("Step 1: a\nAnswer: </s", 0),  # "</s" may end as "</s>", an end token, not content
+        ("Step 1: a\nAnswer: </s>x", 1),
+        ("Step 1: a\r\nStep 2: b\r", 1),
+        ("Step 1: a\nStep 2: b\nStep 3: c", 2),
+        ("Sure.\nStep 1: a\nStep 2: b", 1),  # the preamble is step 1's
+        ("Step 1: a\n```\nStep 2: b\n", 0),  # inside a code block: text of step 1
+    ],
+)
+def test_completed_steps_by_hand(prefix, complete):
+    assert len(completed_steps(prefix)) == complete
+
+
+def test_no_step_completes_past_max_steps():
+    text = "Step 1: a\nStep 2: b\nStep 3: c\nStep 4: d\nStep 5: e"
+    assert len(completed_steps(text)) == 4
+    assert len(completed_steps(text, max_steps=3)) == 2  # steps 3.. merge into the last

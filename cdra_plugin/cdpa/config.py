@@ -64,6 +64,13 @@ class CDPAConfig:
     trace_max_mb: float = _option(
         100.0, "rotate the trace file to <path>.1 past this size in MiB (> 0)", host="openrlhf"
     )
+    stream_scoring: bool = _option(
+        False,
+        "score each completed step while the policy writes the next (cdra_plugin.openrlhf.stream): sets "
+        "--train.agent_func_path to the plugin's streaming executor, bound to the --reward.remote_url gateways; the "
+        "rewards are the same, the PRM finishes almost with the policy and needs fewer replicas. Any estimator",
+        host="openrlhf",
+    )
 
     def __post_init__(self):
         aggregation = check_aggregation(self.outcome_aggregation, PREFIX + "outcome_aggregation")
@@ -100,13 +107,17 @@ class CDPAConfig:
         group = parser.add_argument_group(f"CDPA options (cdra-plugin; apply with {applies})")
         for f in fields(cls):
             only, choices = f.metadata["host"], f.metadata["choices"]
-            shown = "off" if f.default is None else f.default
+            shown = "off" if f.default in (None, False) else f.default
+            text = f"{f.metadata['help']}{f'; {HOSTS[only]} only' if only else ''} (default: {shown})"
+            if isinstance(f.default, bool):  # a switch, like the host's *_enable options
+                group.add_argument(PREFIX + f.name, action="store_true", help=text)
+                continue
             group.add_argument(
                 PREFIX + f.name,
                 type=str if f.default is None else type(f.default),
                 metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
                 default=f.default,
-                help=f"{f.metadata['help']}{f'; {HOSTS[only]} only' if only else ''} (default: {shown})",
+                help=text,
             )
 
     @classmethod

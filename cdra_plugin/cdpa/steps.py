@@ -57,6 +57,14 @@ Rules, and why:
 - ``max_steps`` (the carrier width, see ``cdra_plugin.cdpa.carrier``) merges steps ``max_steps - 1 ...`` into one last
   step; the gateway and the trainer both segment with the same value, so their step counts agree.
 
+A response still being written: ``completed_steps(prefix)`` are the steps of the prefix that every continuation keeps
+as they are (same span, marker and body), so the PRM can judge them before the response ends (the streaming
+executor, ``cdra_plugin.openrlhf.stream``). Step j is complete once a later step has begun for good: the last step of
+the prefix has content that no continuation can take back. Content on its marker's line, or on a finished line, is
+fixed; content on an unfinished last line is not (that line may still become a marker and leave the step empty), nor
+is the start of an end-of-sequence text (``</s`` may become ``</s>``). The steps before the last are then complete,
+except under ``max_steps`` the ones that merge into the last.
+
 Scanning is one regular-expression pass over the line starts (a match at 0, then a search for "\\n" + a marker or
 fence line) with bounded quantifiers and disjoint character classes (no nested repetition), then one search for a
 letter or digit per marker; time is linear in the text length and any Unicode is fine.
@@ -136,6 +144,28 @@ def segment_steps(text: str, max_steps: int | None = None) -> list[Step]:
     starts = [0] + [line for line, _, _ in kept[1:]]
     ends = starts[1:] + [len(text)]
     return list(map(Step._make, [(k, starts[k], ends[k], body, marker) for k, (_, body, marker) in enumerate(kept)]))
+
+
+def completed_steps(text: str, max_steps: int | None = None) -> list[Step]:
+    """The steps of ``text``, a prefix of a response, that ``segment_steps`` finds alike in every continuation of it.
+
+    Rules in the module docstring; ``tests/test_steps.py`` checks them against the full responses of generated
+    prefixes (markers of every shape, end tokens, CRLF, empty steps, fences).
+    """
+    steps = segment_steps(text, max_steps)
+    if len(steps) < 2:
+        return []
+    last = steps[-1]
+    line = text.rfind("\n") + 1  # the last line, unfinished until a "\n" ends it
+    stop = min(_stable_end(text), len(text) if line <= last.start else line)
+    return steps[:-1] if _CONTENT.search(text, last.body_start, stop) else steps[:-2]
+
+
+def _stable_end(text: str) -> int:
+    """Where ``_content_end`` puts the end of ``text`` in any continuation, at the latest: a trailing start of an
+    end-of-sequence text (``"</s"``, ``"<|im"``) is left out, since it may complete into one."""
+    partial = max((n for t in DEFAULT_END_TOKENS for n in range(1, len(t)) if text.endswith(t[:n])), default=0)
+    return _content_end(text[: len(text) - partial])
 
 
 def _content_end(text: str) -> int:

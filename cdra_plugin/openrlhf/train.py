@@ -17,20 +17,32 @@ Every host option is OpenRLHF's own, parsed and validated by OpenRLHF's own code
    variants (``cdra_plugin.openrlhf.trainer``); when ``train()`` starts the trainer they put ``cdpa`` back as the
    estimator and attach the config as ``args.cdpa``.
 
+``--cdpa.stream_scoring`` (any estimator) scores each completed step while the policy writes the next
+(``cdra_plugin.openrlhf.stream``): the host gets ``--train.agent_func_path`` set to the streaming executor, and the
+launcher binds each rollout actor's executor to a gateway of ``--reward.remote_url`` before the trainer starts (and
+gives the URLs back to ``args.reward.remote_url``, which the host sets to "agent" for an agent path). If the installed
+host does not stream as the executor expects, ``cdra-train`` refuses to start, in one line.
+
 The trainer attributes are restored when the run ends; importing ``cdra_plugin`` changes nothing in OpenRLHF. This
 module imports OpenRLHF only inside ``run``, after printing its own help.
 """
 
 import argparse
 import contextlib
+import re
 import runpy
 import sys
+from pathlib import Path
 
 from cdra_plugin.cdpa.config import PREFIX, CDPAConfig
 
 ESTIMATOR_OPTION = "--algo.advantage.estimator"
 HOST_STAND_IN = "group_norm"
 HOST_MODULE = "openrlhf.cli.train_ppo_ray"
+STREAM_OPTION = PREFIX + "stream_scoring"
+AGENT_OPTION = "--train.agent_func_path"
+REWARD_OPTION = "--reward.remote_url"
+STREAM_AGENT_FILE = str(Path(__file__).resolve().with_name("stream.py"))  # cdra_plugin.openrlhf.stream.AGENT_FILE
 
 
 def build_cdpa_parser() -> argparse.ArgumentParser:
@@ -59,7 +71,7 @@ def split_argv(argv: list[str]) -> tuple[CDPAConfig, list[str], bool]:
             host_argv[i + 1], is_cdpa = HOST_STAND_IN, True
         elif token == f"{ESTIMATOR_OPTION}=cdpa":
             host_argv[i], is_cdpa = f"{ESTIMATOR_OPTION}={HOST_STAND_IN}", True
-    given = [t.split("=")[0] for t in argv if t.startswith(PREFIX)]
+    given = [t.split("=")[0] for t in argv if t.startswith(PREFIX) and t.split("=")[0] != STREAM_OPTION]
     if given and not is_cdpa:
         parser.error(f"{given[0]} applies only with {ESTIMATOR_OPTION} cdpa (it would change nothing here)")
     if is_cdpa and _option_value(host_argv, "--rollout.n_samples_per_prompt", "1") in ("0", "1"):
@@ -69,7 +81,29 @@ def split_argv(argv: list[str]) -> tuple[CDPAConfig, list[str], bool]:
             f"{ESTIMATOR_OPTION} cdpa needs per-step PRM scores: set --reward.remote_url to the "
             "`cdra prm serve` gateway (http://HOST:PORT/get_reward)"
         )
+    if config.stream_scoring:
+        host_argv = _streaming(parser, host_argv)
     return config, host_argv, is_cdpa
+
+
+def gateway_urls(host_argv: list[str]) -> list[str]:
+    """The gateways of ``--reward.remote_url`` (comma-separated, as the host splits them)."""
+    return [url for url in _option_value(host_argv, REWARD_OPTION, "").split(",") if url]
+
+
+def _streaming(parser: argparse.ArgumentParser, host_argv: list[str]) -> list[str]:
+    """``host_argv`` with the streaming executor as the host's agent path; the gateway URLs it needs checked."""
+    if any(t.split("=")[0] == AGENT_OPTION for t in host_argv):
+        parser.error(
+            f"{STREAM_OPTION} sets {AGENT_OPTION} itself (the plugin's streaming executor): drop {AGENT_OPTION}"
+        )
+    urls = gateway_urls(host_argv)
+    if not urls or not all(re.fullmatch(r"https?://[^/]+/get_reward", url) for url in urls):
+        parser.error(
+            f"{STREAM_OPTION} sends completed steps to the gateways of {REWARD_OPTION}: set it to "
+            "http://HOST:PORT/get_reward of `cdra prm serve` (comma-separated for several)"
+        )
+    return [*host_argv, AGENT_OPTION, STREAM_AGENT_FILE]
 
 
 def _option_value(argv: list[str], option: str, default: str) -> str:
@@ -83,18 +117,30 @@ def _option_value(argv: list[str], option: str, default: str) -> str:
 
 
 class CDPATrainerLauncher:
-    """Stands where ``train()`` looks up its trainer class: sets ``args.cdpa`` and the estimator, then starts it."""
+    """Stands where ``train()`` looks up its trainer class: sets ``args.cdpa`` and the estimator, binds the streaming
+    executors to their gateways (``--cdpa.stream_scoring``), then starts it."""
 
-    def __init__(self, actor_class, config: CDPAConfig, is_cdpa: bool):
+    def __init__(self, actor_class, config: CDPAConfig, is_cdpa: bool, gateway_urls: list[str] = ()):
         self.actor_class = actor_class
         self.config = config
         self.is_cdpa = is_cdpa
+        self.gateway_urls = list(gateway_urls)
 
     def remote(self, pretrain, strategy, *args, **kwargs):
         strategy.args.cdpa = self.config
         if self.is_cdpa:
             strategy.args.algo.advantage.estimator = "cdpa"
+        if self.config.stream_scoring:
+            from cdra_plugin.openrlhf.stream import bind_rollout_actors
+
+            strategy.args.reward.remote_url = self.gateway_urls  # the host set "agent" there; the tracer reads them
+            bind_rollout_actors(_vllm_engines(*args, **kwargs), self.gateway_urls)
         return self.actor_class.remote(pretrain, strategy, *args, **kwargs)
+
+
+def _vllm_engines(actor_model_group, critic_model_group, reward_model_group, reference_model_group, vllm_engines, **_):
+    """The ``vllm_engines`` argument of the host trainers' constructors (after ``pretrain, strategy``)."""
+    return vllm_engines
 
 
 @contextlib.contextmanager
@@ -127,16 +173,33 @@ def run(argv: list[str]) -> None:
     from cdra_plugin.openrlhf import require_host_version
 
     require_host_version()
+    if config.stream_scoring:
+        _require_streaming_host()
     import openrlhf.trainer.ppo_trainer as sync_module
     import openrlhf.trainer.ppo_trainer_async as async_module
 
     from cdra_plugin.openrlhf.trainer import CDPAPPOTrainer, CDPAPPOTrainerAsync
 
+    urls = gateway_urls(host_argv)
     with (
-        _handed_to_host(sync_module, "PPOTrainer", CDPATrainerLauncher(CDPAPPOTrainer, config, is_cdpa)),
-        _handed_to_host(async_module, "PPOTrainerAsync", CDPATrainerLauncher(CDPAPPOTrainerAsync, config, is_cdpa)),
+        _handed_to_host(sync_module, "PPOTrainer", CDPATrainerLauncher(CDPAPPOTrainer, config, is_cdpa, urls)),
+        _handed_to_host(
+            async_module, "PPOTrainerAsync", CDPATrainerLauncher(CDPAPPOTrainerAsync, config, is_cdpa, urls)
+        ),
     ):
         _run_host(host_argv)
+
+
+def _require_streaming_host() -> None:
+    """One line and exit status 2 when the installed host does not stream as the streaming executor expects."""
+    from cdra_plugin.openrlhf.stream import BUILT_FOR, host_mismatches
+
+    missing = host_mismatches()
+    if missing:
+        print(f"cdra-train: error: {STREAM_OPTION} was built for {BUILT_FOR}, and the installed host does not "
+              f"stream as it expects: {'; '.join(missing)}. Install that version, or train without {STREAM_OPTION} "
+              "(the recipes: STREAM_SCORING=0)", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(2)
 
 
 def main() -> None:

@@ -6,10 +6,11 @@
 - ``reward``: what a scored sample becomes: the failure policy (drop / fail / score=X), the scalar reward
   (``--reward-aggregation``), the logs and the per-step carrier of ``cdra_plugin.cdpa.carrier``;
 - ``cache``: content-hash LRU bounded in bytes, with shared in-flight computations;
+- ``step_cache``: single steps' results by (P, q, steps 1..j), so early-scored steps are not scored again;
 - ``protocol``: OpenRLHF's remote RM request and response JSON, read and written;
 - ``gateway``: all of the above behind one object, no HTTP;
-- ``server``: the FastAPI app (/get_reward, /score, /health, /metrics) and its uvicorn settings; ``metrics``: its
-  Prometheus metrics;
+- ``server``: the FastAPI app (/get_reward, /score, /score_prefix, /health, /metrics) and its uvicorn settings;
+  ``metrics``: its Prometheus metrics;
 - ``offline``: resumable JSONL scoring through the gateway; ``cli``: ``cdra prm serve`` and ``cdra prm score``.
 
 The package does not import OpenRLHF.

@@ -17,14 +17,16 @@ counts, and the 502 names them all).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from cdra_plugin.llm.options import connect
 from cdra_plugin.prm.cache import ResultCache, content_key
 from cdra_plugin.prm.config import GatewayConfig
 from cdra_plugin.prm.metrics import Metrics
-from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, reward_response
+from cdra_plugin.prm.protocol import PayloadTooLarge, Sample, prefix_response, reward_response
 from cdra_plugin.prm.reward import Outcome, SampleFailed, log_keys, resolve, summarize
 from cdra_plugin.prm.scoring import SampleResult, StepScorer
+from cdra_plugin.prm.step_cache import StepCache
 
 
 class Gateway:
@@ -34,24 +36,9 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         client = connect(config.backend, config.model, "--backend", **config.client_kwargs, metrics=self.metrics)
-        self.scorer = StepScorer(
-            client,
-            template=config.prompt_template,
-            k=config.k,
-            k_aggregation=config.k_aggregation,
-            max_steps=config.max_steps,
-            end_tokens=config.end_tokens,
-            degenerate_guard=config.degenerate_guard,
-            metrics=self.metrics,
-        )
-        self.cache = ResultCache(int(config.cache_mb * (1 << 20)), SampleResult.nbytes, self.metrics)
-        self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
-        self.metrics.cache_bytes.set_function(lambda: self.cache.nbytes)
-        for backend in client.backends:  # breaker state per backend: 0 closed, 1 open or half-open (probing)
-            self.metrics.backend_open.labels(backend.label).set_function(lambda b=backend: float(b.state != "closed"))
         # Everything a result depends on besides the sample itself.
         self._identity = {
-            "template": content_key(template=self.scorer.template),
+            "template": content_key(template=config.prompt_template),
             "model": client.model,
             "format": client.prompt_format,
             "sampling": client.sampling,
@@ -61,6 +48,26 @@ class Gateway:
             "end_tokens": list(config.end_tokens),
             "degenerate_guard": config.degenerate_guard,
         }
+        cache_bytes = int(config.cache_mb * (1 << 20))
+        # single steps scored early by the streaming executor, kept for the final /get_reward
+        step_cache = StepCache(cache_bytes, self._identity, self.metrics)
+        self.scorer = StepScorer(
+            client,
+            template=config.prompt_template,
+            k=config.k,
+            k_aggregation=config.k_aggregation,
+            max_steps=config.max_steps,
+            end_tokens=config.end_tokens,
+            degenerate_guard=config.degenerate_guard,
+            step_cache=step_cache,
+            metrics=self.metrics,
+        )
+        self.cache = ResultCache(cache_bytes, SampleResult.nbytes, self.metrics)
+        self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
+        self.metrics.cache_bytes.set_function(lambda: self.cache.nbytes)
+        self.metrics.step_cache_bytes.set_function(lambda: step_cache.nbytes)
+        for backend in client.backends:  # breaker state per backend: 0 closed, 1 open or half-open (probing)
+            self.metrics.backend_open.labels(backend.label).set_function(lambda b=backend: float(b.state != "closed"))
 
     @property
     def width(self) -> int:
@@ -93,7 +100,11 @@ class Gateway:
     async def rewards(self, samples: list[Sample]) -> dict:
         """The /get_reward answer; raises ``SampleFailed`` naming every failed sample under the ``fail`` policy."""
         self.admit(samples)
+        arrived = time.perf_counter()
         results = await asyncio.gather(*(self.result(s) for s in samples))
+        waited = time.perf_counter() - arrived  # since its last token: OpenRLHF posts a sample when it ends
+        for _ in samples:
+            self.metrics.reward_wait.observe(waited)
         summaries, failed = [], []
         for sample, result in zip(samples, results, strict=True):
             try:
@@ -109,6 +120,15 @@ class Gateway:
             self.metrics.samples.labels("failed").inc(len(failed))
             raise SampleFailed(f"{len(failed)} of {len(samples)} sample(s) failed: " + " | ".join(failed))
         return reward_response(summaries, log_keys(self.width))
+
+    async def score_prefix(self, samples: list[Sample]) -> dict:
+        """The /score_prefix answer: the completed steps of responses still being written, scored into the step
+        cache (``cdra_plugin.prm.step_cache``) for their final /get_reward. Never raises for a failed step."""
+        self.admit(samples)
+        results = await asyncio.gather(
+            *(self.scorer.score(s.preference, s.question, s.response, prefix=True) for s in samples)
+        )
+        return prefix_response([[step.score for step in r.steps] for r in results])
 
     async def details(self, samples: list[Sample], cache_only: bool = False) -> dict:
         """The /score answer: per-step results plus what the policy makes of each sample (never raises for it).

@@ -16,6 +16,12 @@ Response: per-sample lists, like OpenRLHF's own ``serve_rm`` (the host turns eac
 
 Bad input is a ``BadRequest`` naming the field (invalid labels, lone surrogates, labels nested too deep, lists of
 different lengths); the gateway's size limits are ``PayloadTooLarge``. Client-chosen ids are cut in messages.
+
+``POST /score_prefix`` (the plugin's streaming executor, ``cdra_plugin.openrlhf.stream``) takes a ``/get_reward``
+body whose query holds a response still being generated, and answers, once its completed steps are scored, one
+result per sample::
+
+    {"results": [{"completed_steps": 2, "scores": [0.5, null]}]}     # null: that step failed (scored again later)
 """
 
 from __future__ import annotations
@@ -190,6 +196,11 @@ def first_critiques(result: dict) -> list[str | None] | None:
     if not steps:
         return None
     return [(step.get("critiques") or [None])[0] for step in steps]
+
+
+def prefix_response(step_scores: list[list[float | None]]) -> dict[str, Any]:
+    """The ``/score_prefix`` answer: per sample, how many completed steps were scored and their scores."""
+    return {"results": [{"completed_steps": len(scores), "scores": scores} for scores in step_scores]}
 
 
 def reward_response(answers: list[dict[str, Any]], log_keys: Sequence[str]) -> dict[str, Any]:

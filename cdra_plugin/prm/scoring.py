@@ -18,6 +18,11 @@ default), so is a step that repeats an earlier one or is mostly not letters or d
 (``cdra_plugin.prm.content.degenerate_steps``): it gets ``EMPTY_SCORE`` and its ``degenerate`` reason, counted in
 ``cdra_prm_degenerate_steps_total``.
 
+Every step's PRM call goes through the gateway's step cache (``cdra_plugin.prm.step_cache``) when it has one, so a
+step already scored for a response with the same (P, q, steps 1..j) is not sent again; ``score(..., prefix=True)``
+scores the completed steps of a response still being generated (``POST /score_prefix``: the streaming executor's
+early calls).
+
 Trailing end-of-sequence tokens (OpenRLHF decodes the response with ``skip_special_tokens=False``) are removed
 before segmenting, so the PRM never sees ``<|im_end|>`` as text; this only shortens the last step, so the step
 count agrees with a trainer that segments the undecoded text.
@@ -26,6 +31,7 @@ count agrees with a trainer that segments the undecoded text.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import statistics
 import sys
@@ -41,7 +47,7 @@ from cdra_plugin.cdpa.prompts import (
     prm_prompt,
     strip_end_tokens,
 )
-from cdra_plugin.cdpa.steps import segment_steps
+from cdra_plugin.cdpa.steps import completed_steps, segment_steps
 from cdra_plugin.llm.client import LLMCallError, LLMClient
 from cdra_plugin.prm.content import degenerate_steps
 
@@ -99,6 +105,7 @@ class StepScorer:
         max_steps: int = 32,
         end_tokens=DEFAULT_END_TOKENS,
         degenerate_guard: bool = True,
+        step_cache=None,
         metrics=None,
     ):
         self.client = client
@@ -108,36 +115,49 @@ class StepScorer:
         self.max_steps = max_steps
         self.end_tokens = tuple(end_tokens)
         self.degenerate_guard = degenerate_guard
+        self.step_cache = (
+            step_cache  # a ``cdra_plugin.prm.step_cache.StepCache``: every step's PRM call goes through it
+        )
         self.metrics = metrics
 
-    def step_prompts(self, preference: str, question: str, response: str) -> list[tuple[object, str, str]]:
-        """``(Step, step text, PRM prompt)`` for each step of ``response`` (Eq. 1 inputs)."""
+    def step_prompts(
+        self, preference: str, question: str, response: str, *, prefix: bool = False
+    ) -> list[tuple[object, str, str]]:
+        """``(Step, step text, PRM prompt)`` for each step of ``response`` (Eq. 1 inputs); with ``prefix``, of a
+        response still being written, for its completed steps only (``cdra_plugin.cdpa.steps.completed_steps``)."""
         text = strip_end_tokens(response, self.end_tokens)
-        steps = segment_steps(text, max_steps=self.max_steps)
+        steps = (completed_steps if prefix else segment_steps)(text, max_steps=self.max_steps)
         bodies = [s.body(text) for s in steps]
         return [
             (step, bodies[j], prm_prompt(preference, question, bodies[: j + 1], template=self.template))
             for j, step in enumerate(steps)
         ]
 
-    async def score(self, preference: str, question: str, response: str) -> SampleResult:
+    async def score(self, preference: str, question: str, response: str, *, prefix: bool = False) -> SampleResult:
+        """The steps of ``response`` scored; with ``prefix`` (``/score_prefix``) only the completed steps of a response
+        still being written, into the step cache, uncounted (its final call counts what the sample gets)."""
         started = time.perf_counter()
-        triples = self.step_prompts(preference, question, response)
-        if not any(text for _, text, _ in triples):
+        triples = self.step_prompts(preference, question, response, prefix=prefix)
+        if not prefix and not any(text for _, text, _ in triples):
             steps = [_empty_step(step) for step, _, _ in triples]
             return SampleResult(steps, time.perf_counter() - started, empty=True)
         # The steps share their prompt's prefix (P, q, earlier steps): one replica's prefix cache serves them all when
-        # it is not overloaded. The arrival time keeps responses first come first served, retries included.
-        key = hashlib.blake2b("\0".join((preference, question, response)).encode(), digest_size=8).hexdigest()
+        # it is not overloaded; keyed by the first step, so a response's early and final calls meet there too. The
+        # arrival time keeps responses first come first served, retries included.
+        first = triples[0][1] if triples else ""
+        key = hashlib.blake2b("\0".join((preference, question, first)).encode(), digest_size=8).hexdigest()
         order = {"affinity": key, "priority": time.monotonic()}
         texts = [text for _, text, _ in triples]
         skipped = degenerate_steps(texts) if self.degenerate_guard else [None] * len(texts)
-        judged = [(step, text, prompt) for (step, text, prompt), why in zip(triples, skipped, strict=True) if not why]
-        scored = iter(await asyncio.gather(*(self._score_step(*triple, order) for triple in judged)))
+        judged = [j for j, why in enumerate(skipped) if not why]
+        scored = iter(await asyncio.gather(
+            *(self._step(preference, question, texts[: j + 1], triples[j][0], triples[j][2], order, prefix)
+              for j in judged)
+        ))  # fmt: skip
         steps = [next(scored) if why is None else _empty_step(step, text, why)
                  for (step, text, _), why in zip(triples, skipped, strict=True)]  # fmt: skip
         result = SampleResult(steps, time.perf_counter() - started)
-        if self.metrics is not None:
+        if self.metrics is not None and not prefix:
             self.metrics.sample_latency.observe(result.latency_s)
             for step in result.steps:
                 if step.failure:
@@ -145,6 +165,13 @@ class StepScorer:
                 if step.degenerate:
                     self.metrics.degenerate_steps.labels(step.degenerate).inc()
         return result
+
+    async def _step(self, preference, question, bodies, step, prompt, order, early: bool) -> StepResult:
+        """Step ``step`` (its text ``bodies[-1]``) through the step cache when the gateway has one."""
+        compute = functools.partial(self._score_step, step, bodies[-1], prompt, order)
+        if self.step_cache is None:
+            return await compute()
+        return await self.step_cache.result(preference, question, bodies, step, compute, early=early)
 
     async def _score_step(self, step, text: str, prompt: str, order: dict) -> StepResult:
         started = time.perf_counter()

@@ -6,6 +6,8 @@ Endpoints (FastAPI; run with ``cdra prm serve``; the logic behind them is ``cdra
   ``--reward.remote_url http://HOST:PORT/get_reward`` works with any OpenRLHF estimator; the step scores reach the
   CDPA experience maker through the ``extra_logs`` carrier (``cdra_plugin.cdpa.carrier``).
 - ``POST /score``: the full per-step result (step spans, texts, critiques, scores, failures, latency).
+- ``POST /score_prefix``: a ``/get_reward`` body holding a response still being generated; its completed steps are
+  scored ahead of its final ``/get_reward`` (``cdra_plugin.prm.step_cache``; the streaming executor posts it).
 - ``GET /health``: probes every backend (``GET /v1/models``); 200 when at least one serves the model, else 503.
 - ``GET /metrics``: Prometheus text (``cdra_plugin.prm.metrics``).
 
@@ -213,6 +215,14 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, probe_backend
             return JSONResponse(await gateway.rewards(samples))
 
         return await handle("get_reward", request, work)
+
+    @app.post("/score_prefix")
+    async def score_prefix(request: Request) -> Response:
+        async def work():
+            samples = parse_reward_request(await read_json(request))
+            return JSONResponse(await gateway.score_prefix(samples))
+
+        return await handle("score_prefix", request, work)
 
     @app.post("/score")
     async def score(request: Request) -> Response:
