@@ -27,7 +27,7 @@ RESPONSES = [
     "No markers at all [score=-0.4]",
     "Step 1: long [score=0.5]\nStep 2: " + "word " * 40 + "[score=0.7]\nStep 3: cut off here " + "more " * 40,
 ]
-FAST = ["--failure-policy", "drop", "--max-steps", "8"]
+DROP = {"failure_policy": "drop", "width": 8}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_streaming_generates_and_rewards_exactly_as_the_host(prm, tiny_tokenizer
     from cdra_plugin.openrlhf.stream import AgentExecutor
 
     params = sampling(max_tokens=60)  # the last response is cut: finish_reason "length"
-    with serving([prm.base_url], *FAST) as (host_url, _), serving([prm.base_url], *FAST) as (stream_url, _):
+    with serving([prm.base_url], **DROP) as (host_url, _), serving([prm.base_url], **DROP) as (stream_url, _):
         host = asyncio.run(generate(SingleTurnAgentExecutor(host_url + "/get_reward"), tiny_tokenizer, prompt,
                                     engine_for(tiny_tokenizer, RESPONSES), params, n=len(RESPONSES)))  # fmt: skip
         host_calls = [r.prompt for r in prm.requests]
@@ -111,7 +111,7 @@ def test_steps_reach_the_prm_before_the_last_token_and_none_twice(prm, tiny_toke
             yield output
 
     engine.generate = timed
-    with serving([prm.base_url], *FAST) as (url, _):
+    with serving([prm.base_url], **DROP) as (url, _):
         [out] = asyncio.run(generate(AgentExecutor(url + "/get_reward"), tiny_tokenizer, prompt, engine, sampling()))
         served = metric(url, 'cdra_prm_step_lookups_total{call="final",result="hit"}')
         served += metric(url, 'cdra_prm_step_lookups_total{call="final",result="joined"}')
@@ -124,7 +124,7 @@ def test_steps_reach_the_prm_before_the_last_token_and_none_twice(prm, tiny_toke
     by_prompt = {r.prompt: r.received_at for r in prm.requests}
     assert all(by_prompt[p] < last_token[0] for p in expected[:3])  # steps 1-3 while the policy still wrote
     assert by_prompt[expected[3]] > last_token[0]
-    assert out["reward"] == pytest.approx(out["extra_logs"]["prm_mean_step_score"])
+    assert out["reward"] == pytest.approx(out["extra_logs"]["prm_min_step_score"])  # the default reward: min
     assert early == 3 and served == 3 and wait == 1
 
 
@@ -132,7 +132,7 @@ def test_a_failed_early_call_is_scored_again_at_the_final_call(prm, tiny_tokeniz
     from cdra_plugin.openrlhf.stream import AgentExecutor
 
     response = "Step 1: a [score=0.3]\nStep 2: b " + "more " * 20 + "[score=-0.2]"
-    with serving([prm.base_url], *FAST, "--retries", "1") as (url, _):
+    with serving([prm.base_url], **DROP, client={"retries": 1}) as (url, _):
         prm.enqueue(Fault.http(500), Fault.http(500))  # step 1's early call: both attempts fail
         engine = engine_for(tiny_tokenizer, [response], token_s=0.01)
         [out] = asyncio.run(generate(AgentExecutor(url + "/get_reward"), tiny_tokenizer, prompt, engine, sampling()))
@@ -148,7 +148,7 @@ def test_an_unreachable_early_endpoint_costs_nothing_but_the_early_calls(prm, ti
     from cdra_plugin.openrlhf.stream import AgentExecutor
 
     response = "Step 1: a [score=0.3]\nStep 2: b [score=0.1]\nStep 3: c"
-    with serving([prm.base_url], *FAST) as (url, _):
+    with serving([prm.base_url], **DROP) as (url, _):
         executor = AgentExecutor(url + "/get_reward")
         executor.prefix_url = f"http://127.0.0.1:{unused_port}/score_prefix"  # every early call fails to connect
         [out] = asyncio.run(
@@ -180,7 +180,7 @@ def test_a_cancelled_generation_leaves_no_task_running(prm, tiny_tokenizer, prom
         await executor.aclose()
         return left
 
-    with serving([prm.base_url], *FAST, "--timeout", "10") as (url, _):
+    with serving([prm.base_url], **DROP, client={"timeout": 10}) as (url, _):
         assert asyncio.run(run(url)) == set()
     assert engine.requests == 1 and engine.aborted == 1  # the engine was told, as vLLM aborts the request
 
@@ -222,7 +222,7 @@ def test_each_rollout_actor_is_bound_to_one_gateway(tiny_tokenizer):
 def test_score_prefix_scores_the_completed_steps_only(prm):
     from prm_helpers import post, reward_body
 
-    with serving([prm.base_url], *FAST) as (url, _):
+    with serving([prm.base_url], **DROP) as (url, _):
         out = post(url, "/score_prefix", reward_body("Step 1: a [score=0.2]\nStep 2: b [score=0.4]\nStep 3: c"))
         assert out.status_code == 200, out.text
         assert out.json() == {"results": [{"completed_steps": 2, "scores": [0.2, 0.4]}]}
@@ -256,7 +256,7 @@ def test_a_final_call_that_joined_a_failing_early_call_scores_the_step_itself(pr
             )
             return (await early).json(), final.json()
 
-    with serving([prm.base_url], *FAST, "--retries", "0", "--timeout", "0.5") as (url, _):
+    with serving([prm.base_url], **DROP, client={"retries": 0, "timeout": 0.5}) as (url, _):
         prm.enqueue(Fault.hang(3.0))  # step 1's early call times out
         early, final = asyncio.run(both(url))
         joined = metric(url, 'cdra_prm_step_lookups_total{call="final",result="joined"}')
