@@ -21,9 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+from cdra_plugin import quiet_third_party
 
-from cdra_plugin.demo.learn import MODES, learning_curve, moving_average, steps_to_reach
+quiet_third_party()  # before the imports below load torch, TRL and DeepSpeed
+from tqdm import tqdm  # noqa: E402
+
+from cdra_plugin.demo.learn import MODES, learning_curve, moving_average, steps_to_reach  # noqa: E402
 
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")
 

@@ -223,8 +223,9 @@ def test_duplicate_pairs_stay_on_one_side_and_are_prompted_once(tmp_path):
 def test_eval_size_errors_and_zero(tmp_path, capsys):
     out = tmp_path / "o"
     code = main(["data", "prepare", "--input", str(SAMPLE), "--output", str(out), "--no-progress"])
-    assert code == 1 and not out.exists()
+    assert code == 2 and not out.exists()  # bad input
     err = capsys.readouterr().err
+    assert err.startswith("cdra data prepare: error: ") and err.count("\n") == 1
     assert "--eval-size 300 is more than the 8 distinct scenarios" in err and "e.g. --eval-size 1 " in err
     with pytest.raises(SplitError, match=">= 0"):
         prepare_deeppref(SAMPLE, out, PrepareOptions(eval_size=-1, progress=False))
@@ -237,9 +238,10 @@ def test_existing_outputs_are_not_overwritten_silently(tmp_path, capsys):
     args = ["data", "prepare", "--input", str(SAMPLE), "--output", str(out), "--eval-size", "2", "--no-progress"]
     assert main(args) == 0
     before = {n: (out / n).read_bytes() for n in OUTPUTS}
-    assert main(args + ["--seed", "5"]) == 1
+    assert main(args + ["--seed", "5"]) == 2
     err = capsys.readouterr().err
-    assert "already holds prm_sft.jsonl" in err and "pass --overwrite" in err
+    assert err.startswith("cdra data prepare: error: ") and "already holds prm_sft.jsonl" in err
+    assert "pass --overwrite" in err
     assert {n: (out / n).read_bytes() for n in OUTPUTS} == before
     assert main(args + ["--seed", "5", "--overwrite"]) == 0
     assert json.loads((out / "stats.json").read_text())["options"]["seed"] == 5
@@ -270,12 +272,12 @@ def test_an_output_in_the_input_is_refused_naming_both_paths(tmp_path, capsys):
     ]:
         code = main(["data", "prepare", "--input", str(spec), "--output", str(output), "--eval-size", "1"])
         err = capsys.readouterr().err
-        assert code == 1 and where in err and "the next run would read this run's files as input" in err, err
+        assert code == 2 and where in err and "the next run would read this run's files as input" in err, err
         assert sorted(p.name for p in trees.iterdir()) == before  # nothing written, no folder made
     pe = tmp_path / "pe"
     pe.mkdir()
     (pe / "t.json").write_text(json.dumps([{"preference": "P", "question": "Q"}]))
-    assert main(["data", "prepare", "--prefeval", str(pe), "--output", str(pe), "--eval-size", "0"]) == 1
+    assert main(["data", "prepare", "--prefeval", str(pe), "--output", str(pe), "--eval-size", "0"]) == 2
     assert f"--output {pe} is the same folder as --prefeval {pe}" in capsys.readouterr().err
     # one input file: outputs beside it are never read as input
     single = trees / "cot_Travel_preferences.json"
@@ -285,8 +287,9 @@ def test_an_output_in_the_input_is_refused_naming_both_paths(tmp_path, capsys):
 def test_invalid_input_writes_nothing_and_skip_invalid_reports(tmp_path, capsys):
     out = tmp_path / "o"
     malformed = str(ROOT / "tests" / "assets" / "malformed_trees")
-    assert main(["data", "prepare", "--input", malformed, "--output", str(out), "--eval-size", "0"]) == 1
+    assert main(["data", "prepare", "--input", malformed, "--output", str(out), "--eval-size", "0"]) == 2
     err = capsys.readouterr().err
+    assert err.startswith("cdra data prepare: error: ") and err.count("\n") == 1  # one line
     assert "cot_Broken_preferences.json: record 1: user_profile: missing" in err and "--skip-invalid" in err
     assert not out.exists() or not any(out.iterdir())
     code = main(["data", "prepare", "--input", malformed, "--output", str(out), "--eval-size", "0", "--skip-invalid"])

@@ -149,9 +149,9 @@ def test_inputs_file_directory_glob_and_missing(tmp_path):
 def test_a_missing_input_path_is_named_and_skip_invalid_is_not_suggested(tmp_path, capsys, command, source):
     missing = tmp_path / "no-such-dir"
     out = ["--output", str(tmp_path / "out"), "--no-progress"] if command == "prepare" else []
-    assert main(["data", command, source, str(missing), *out]) == 1
+    assert main(["data", command, source, str(missing), *out]) == 2  # bad input, as in every cdra command
     err = capsys.readouterr().err
-    assert err == f"cdra data: error: {source} {missing}: no such file or directory\n"
+    assert err == f"cdra data {command}: error: {source} {missing}: no such file or directory\n"
     assert not (tmp_path / "out").exists()
 
 

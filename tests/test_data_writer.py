@@ -98,7 +98,7 @@ def test_an_interrupt_while_writing_prints_one_line_and_changes_nothing(tmp_path
     code, _, err = finish(proc)
     name = signal.Signals(signum).name
     assert code == status
-    expected = f"cdra data: interrupted ({name}); nothing in {out} was written or changed"
+    expected = f"cdra data prepare: interrupted ({name}); nothing in {out} was written or changed"
     if progress:
         assert err == expected + "\n"  # one line, no traceback
     else:
@@ -113,7 +113,7 @@ def test_ctrl_c_in_any_cdra_command_prints_one_line(tmp_path):
     proc = start("pause", "open:cot_Finance_preferences.json", "data", "validate", "--input", str(SAMPLE))
     assert proc.stdout.readline() == "paused\n"
     proc.send_signal(signal.SIGINT)
-    assert finish(proc) == (130, "", "cdra data: interrupted\n")
+    assert finish(proc) == (130, "", "cdra data validate: interrupted (SIGINT)\n")
 
 
 def test_a_crash_between_two_renames_is_completed_by_the_next_run(tmp_path):
@@ -127,8 +127,8 @@ def test_a_crash_between_two_renames_is_completed_by_the_next_run(tmp_path):
     assert pending_commit(out) == out / JOURNAL
     # Any next run on the folder first completes the commit (this one then refuses to overwrite, as asked).
     proc = cli(*PREPARE, "--output", str(out), "--no-progress")
-    assert proc.returncode == 1 and "already holds" in proc.stderr
-    assert f"cdra data: {out}: completed a commit that a crash had interrupted" in proc.stderr
+    assert proc.returncode == 2 and "already holds" in proc.stderr
+    assert f"WARNING cdra.data: {out}: completed a commit that a crash had interrupted" in proc.stderr
     assert snapshot(out) == reference and sorted(p.name for p in out.iterdir()) == OUTPUTS  # no hidden leftovers
 
 
@@ -154,7 +154,7 @@ def test_an_interrupt_during_the_commit_waits_for_its_end(tmp_path):
     cmd = (*PREPARE, "--output", str(out), "--overwrite", "--seed", "5", "--no-progress")
     code, _, err = finish(start("sigint", "move:1", *cmd))
     assert code == 130
-    assert err == f"cdra data: interrupted (SIGINT); {out} had already received this run's complete set\n"
+    assert err == f"cdra data prepare: interrupted (SIGINT); {out} had already received this run's complete set\n"
     assert snapshot(out) == reference and sorted(p.name for p in out.iterdir()) == OUTPUTS
 
 
@@ -162,8 +162,8 @@ def test_a_second_writer_is_refused_while_one_writes(tmp_path, capsys):
     out = tmp_path / "out"
     with AtomicFiles(out) as files:
         files.write_json("x.json", {})
-        assert main([*PREPARE, "--output", str(out), "--no-progress"]) == 1
-    assert f"cdra data: error: {out}: another process is writing there now" in capsys.readouterr().err
+        assert main([*PREPARE, "--output", str(out), "--no-progress"]) == 2
+    assert f"cdra data prepare: error: {out}: another process is writing there now" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["x.json"]
 
 
@@ -216,9 +216,9 @@ def test_a_damaged_journal_stops_the_next_run_with_one_line(tmp_path, capsys, jo
     out = tmp_path / "out"
     before = prepared(out)
     (out / JOURNAL).write_text(journal)
-    assert main([*PREPARE, "--output", str(out), "--overwrite", "--no-progress"]) == 1
+    assert main([*PREPARE, "--output", str(out), "--overwrite", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"cdra data: error: {out / JOURNAL}: {problem}") and err.count("\n") == 1
+    assert err.startswith(f"cdra data prepare: error: {out / JOURNAL}: {problem}") and err.count("\n") == 1
     assert snapshot(out) == before
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from noise import noise
 
 from cdra_plugin.traces import trace_problem
 
@@ -32,6 +33,7 @@ def test_the_demo_runs_every_stage_and_leaves_no_server_behind(tmp_path):
     proc = demo(tmp_path / "out", "--learn-steps", "2")  # tests/test_trl_learning.py checks that it learns
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
+    assert noise(out + err) == [], noise(out + err)  # nothing from the libraries below (tests/noise.py)
     for stage in ("data", "servers", "rewards", "CDPA", "trace", "eval", "learn"):
         assert re.search(rf"^\[\d/7\] {stage} ", out, re.MULTILINE), stage
     ports = {int(p) for p in SERVER.findall(out)}

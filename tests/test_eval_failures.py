@@ -79,7 +79,9 @@ def test_a_4xx_no_retry_fixes_stops_the_run_at_once_with_the_servers_message(tmp
         asked = len(llm.requests)
     assert code == 1
     err = capsys.readouterr().err
-    assert "cdra eval judge: stopped: client_error after 1 attempt(s): " in err
+    assert (
+        err.startswith("cdra eval judge: error: stopped: client_error after 1 attempt(s): ") and err.count("\n") == 1
+    )
     assert "HTTP 404: The model `jduge` does not exist." in err and "0 response(s) judged" in err
     assert asked <= 8  # the calls of the first response in flight at most, never the other eleven's
     assert not out.exists()

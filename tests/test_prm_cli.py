@@ -190,7 +190,8 @@ def test_offline_summary_is_one_readable_line_and_no_progress_hides_the_bar(tmp_
     assert "PRM scoring" not in captured.err
 
 
-def test_offline_ctrl_c_stops_in_one_line_with_what_was_saved(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_offline_ctrl_c_or_sigterm_stops_in_one_line_with_what_was_saved(tmp_path, signum, status):
     inp, out = tmp_path / "responses.jsonl", tmp_path / "scored.jsonl"
     write_jsonl(inp, [dict(RECORDS[0], id=f"r{i}", response=f"Step 1: x{i}") for i in range(200)])
     env = {**os.environ, "PYTHONPATH": str(ROOT), **QUIET}
@@ -202,13 +203,13 @@ def test_offline_ctrl_c_stops_in_one_line_with_what_was_saved(tmp_path):
         while not (out.exists() and out.read_text().count("\n") >= 3):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
     saved = out.read_text().splitlines()
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert proc.returncode == status and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines() == [
-        f"cdra prm score: interrupted; {len(saved)} of 200 record(s) scored and saved ({len(saved)} ok), 0 already "
-        f"in {out}; run the same command again to resume"
+        f"cdra prm score: interrupted ({signal.Signals(signum).name}); {len(saved)} of 200 record(s) scored and "
+        f"saved ({len(saved)} ok), 0 already in {out}; run the same command again to resume"
     ]
     assert all(json.loads(line)["outcome"] == "ok" for line in saved)
 

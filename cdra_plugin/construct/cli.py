@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import sys
 from pathlib import Path
 
+from cdra_plugin import Failed, add_run_options
 from cdra_plugin.construct.prompts import PERSONAS, Persona
 from cdra_plugin.llm.options import Endpoint
 
@@ -89,8 +88,7 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--parallel", type=int, default=None, metavar="N", help="scenarios in flight at once (default: "
                    "the busier role's calls in flight, concurrency x URLs, which keeps its servers full)")  # fmt: skip
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_run_options(p)
     p.set_defaults(func=run_build)
 
 
@@ -164,22 +162,17 @@ async def _build(args) -> dict:
 
 
 def run_build(args) -> int:
-    from cdra_plugin.construct.io import BuildError, topic_file
-    from cdra_plugin.data.schema import RecordError
+    from cdra_plugin.construct.io import topic_file
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         stats = asyncio.run(_build(args))
-    except (RecordError, BuildError, ValueError) as exc:
-        print(f"cdra build: error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f"cdra build: error: {exc} (finished scenarios are kept in the journal)", file=sys.stderr)
-        return 1
+        raise Failed(f"{exc} (finished scenarios are kept in the journal)") from None
     except KeyboardInterrupt:
-        print(f"cdra build: interrupted; finished scenarios are in {args.output}/build/journal.jsonl and earlier "
-              "outputs are untouched: run the same command again to resume", file=sys.stderr)  # fmt: skip
-        return 130
+        raise KeyboardInterrupt(
+            f"finished scenarios are in {args.output}/build/journal.jsonl and earlier outputs are untouched: run the "
+            "same command again to resume"
+        ) from None
     _report(stats, args.output, topic_file)
     return 0 if stats["scenarios"]["built"] or not stats["scenarios"]["selected"] else 1
 

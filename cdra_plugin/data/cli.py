@@ -8,16 +8,14 @@ Usage (``cdra data prepare --help`` describes every output file):
 """
 
 import argparse
-import contextlib
-import signal
 import sys
 from pathlib import Path
 
+from cdra_plugin import Failed, add_run_options
 from cdra_plugin.data.loader import InputError, load_deeppref, load_prefeval
-from cdra_plugin.data.prepare import PrepareError, PrepareOptions, prepare_deeppref, prepare_prefeval
+from cdra_plugin.data.prepare import PrepareOptions, prepare_deeppref, prepare_prefeval
 from cdra_plugin.data.schema import RecordError
-from cdra_plugin.data.split import SplitError
-from cdra_plugin.io.writer import DirectoryError, InterruptedAfterCommit
+from cdra_plugin.io.writer import InterruptedAfterCommit
 
 SHOWN_SKIPS = 20
 PREPARE_EPILOG = """\
@@ -80,7 +78,7 @@ def add_parser(subparsers) -> None:
     )
     prepare.add_argument("--skip-invalid", action="store_true", help="skip malformed records, report them at the end")
     prepare.add_argument("--overwrite", action="store_true", help="replace existing outputs in --output")
-    prepare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_run_options(prepare)
     prepare.set_defaults(func=run_prepare)
 
     validate = commands.add_parser(
@@ -95,11 +93,6 @@ def add_parser(subparsers) -> None:
     validate.set_defaults(func=run_validate)
 
 
-def _fail(message: str) -> int:
-    print(f"cdra data: error: {message}", file=sys.stderr)
-    return 1
-
-
 def run_prepare(args) -> int:
     options = PrepareOptions(
         eval_size=args.eval_size,
@@ -110,50 +103,29 @@ def run_prepare(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    source = "--input" if args.input else "--prefeval"
     try:
-        with _sigterm_as_interrupt():
-            if args.input:
-                stats = prepare_deeppref(args.input, args.output, options)
-            else:
-                stats = prepare_prefeval(args.prefeval, args.output, options)
-    except KeyboardInterrupt as exc:
-        return _interrupted(exc, args.output)
+        if args.input:
+            stats = prepare_deeppref(args.input, args.output, options)
+        else:
+            stats = prepare_prefeval(args.prefeval, args.output, options)
+    except InterruptedAfterCommit:
+        raise KeyboardInterrupt(f"{args.output} had already received this run's complete set") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"nothing in {args.output} was written or changed") from None
     except InputError as exc:
-        return _fail(f"{source} {exc}")
+        raise InputError(f"{_source(args)} {exc}") from None
     except RecordError as exc:
-        return _fail(f"{exc}\n(nothing was written; fix the record or pass --skip-invalid to skip bad records)")
-    except (PrepareError, SplitError, DirectoryError) as exc:
-        return _fail(str(exc))
+        raise ValueError(
+            f"{exc} (nothing was written; fix the record, or pass --skip-invalid to skip bad ones)"
+        ) from None
     except OSError as exc:
-        return _fail(f"writing {args.output} failed: {exc} (no output file was written or changed)")
+        raise Failed(f"writing {args.output} failed: {exc} (no output file was written or changed)") from None
     _report(stats, Path(args.output))
     return 0
 
 
-def _interrupted(exc: KeyboardInterrupt, output: str) -> int:
-    """One line and the shell's status for the signal (130 for SIGINT, 143 for SIGTERM), no traceback."""
-    name = "SIGTERM" if exc.args == ("SIGTERM",) else "SIGINT"
-    if isinstance(exc, InterruptedAfterCommit):
-        outcome = f"{output} had already received this run's complete set"
-    else:
-        outcome = f"nothing in {output} was written or changed"
-    print(f"cdra data: interrupted ({name}); {outcome}", file=sys.stderr)
-    return 128 + signal.Signals[name]
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's or `kill`'s stop) unwinds like Ctrl-C: KeyboardInterrupt("SIGTERM")."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _source(args) -> str:
+    return "--input" if args.input else "--prefeval"
 
 
 def _report(stats: dict, output: Path) -> None:
@@ -185,7 +157,7 @@ def run_validate(args) -> int:
     try:
         loaded = load_deeppref(args.input, True) if args.input else load_prefeval(args.prefeval, True)
     except InputError as exc:
-        return _fail(f"{'--input' if args.input else '--prefeval'} {exc}")
+        raise InputError(f"{_source(args)} {exc}") from None
     for err in loaded.skipped:
         print(err, file=sys.stderr)
     valid, invalid, files = len(loaded.records), len(loaded.skipped), len(loaded.files)

@@ -30,10 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from cdra_plugin import Failed, add_run_options
 
 SAMPLES = Path(__file__).resolve().parent / "samples"  # package data: the demo runs from an installed wheel
 MAX_STEPS = 8
@@ -82,14 +83,6 @@ RESET = "\033[0m"
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: stop the servers and exit with 128 + the signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def add_parser(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo",
@@ -104,28 +97,22 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--learn-steps", type=int, default=12, metavar="N",
                       help="steps of the last stage (TRL on a tiny policy; default 12, 0 skips it)")  # fmt: skip
     demo.add_argument("--no-colour", action="store_true", help="plain text even on a terminal (also: NO_COLOR=1)")
+    add_run_options(demo)
     demo.set_defaults(func=run)
 
 
 def run(args) -> int:
     out = Path(args.output)
     colour = not args.no_colour and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_interrupted)
+    if args.learn_steps < 0:
+        raise ValueError(f"--learn-steps must be >= 0, got {args.learn_steps}")
     try:
-        if args.learn_steps < 0:
-            raise SystemExit(f"cdra demo: --learn-steps must be >= 0, got {args.learn_steps}")
-        return _stages(out, colour, args.learn_steps)
-    except Interrupted as stop:
-        print(f"cdra demo: interrupted ({stop}); servers stopped, outputs so far in {out}", file=sys.stderr)
-        return 128 + stop.signum
+        return _stages(out, colour, args.learn_steps, progress=not args.no_progress)
+    except KeyboardInterrupt:  # the servers were stopped on the way out (_Servers)
+        raise KeyboardInterrupt(f"servers stopped, outputs so far in {out}") from None
 
 
-def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
-
-
-def _stages(out: Path, colour: bool, learn_steps: int) -> int:
+def _stages(out: Path, colour: bool, learn_steps: int, progress: bool) -> int:
     print("CDRA demo: one CDPA step on one prompt, with the project's real parts (no GPU, no network)\n")
     group = _Group(_prepare(out / "data"))
     with _Servers(out / "logs") as servers:
@@ -140,7 +127,7 @@ def _stages(out: Path, colour: bool, learn_steps: int) -> int:
               "OpenRLHF's rollout workers send them")  # fmt: skip
         aligned, adv = _advantages(group, replies, colour)
         _trace(out / "traces.jsonl", gateway, group, replies, aligned, adv, colour)
-        _evaluate(servers, out / "data" / "eval.jsonl", out / "eval")
+        _evaluate(servers, out / "data" / "eval.jsonl", out / "eval", progress)
     if learn_steps:
         _learn(out / "learning_curve.json", learn_steps)
     print(f"\noutputs in {out}/: data/ (training files), logs/ (servers), traces.jsonl, eval/report/ (Table 1, "
@@ -164,7 +151,7 @@ def _prepare(data_dir: Path) -> dict:
             label = json.loads(json.loads(line)["label"])
             if label["question"] == QUESTION:
                 return label
-    raise SystemExit(f"cdra demo: no prepared row asks {QUESTION!r}; was {SAMPLES} changed?")
+    raise Failed(f"no prepared row asks {QUESTION!r}; was {SAMPLES} changed?")
 
 
 class _Servers:
@@ -185,7 +172,7 @@ class _Servers:
         try:
             proc = start_server([sys.executable, "-m", *argv], health, log=self.logs / f"{name}.log", timeout=60.0)
         except RuntimeError as failed:
-            raise SystemExit(f"cdra demo: {name}: {failed}") from None
+            raise Failed(f"{name}: {failed}") from None
         self.procs.append(proc)
 
     def scripted(self, role: str, *extra: str) -> str:
@@ -316,7 +303,7 @@ def _trace(path: Path, gateway: str, group: _Group, replies: list[dict], aligned
     print(render(views[0], colour))
 
 
-def _evaluate(servers: _Servers, data: Path, out: Path) -> None:
+def _evaluate(servers: _Servers, data: Path, out: Path, progress: bool) -> None:
     """The paper's evaluation (Sec. 3.1) of a zero-shot baseline against the Fig. 14 policy prompt, scripted."""
     from cdra_plugin.eval.generate import generate
     from cdra_plugin.eval.judge import judge
@@ -331,8 +318,9 @@ def _evaluate(servers: _Servers, data: Path, out: Path) -> None:
         responses, judged = out / f"{mode}.jsonl", out / f"{mode}.judged.jsonl"
         for stale in (responses, judged, out / f"{mode}.judged.cache.jsonl"):
             stale.unlink(missing_ok=True)
-        generate(data, responses, backend=policy, model="policy", mode=mode, n=4, temperature=1.0, seed=0)
-        judge(responses, judged, backend=judge_url, model="judge")
+        generate(data, responses, backend=policy, model="policy", mode=mode, n=4, temperature=1.0, seed=0,
+                 progress=progress)  # fmt: skip
+        judge(responses, judged, backend=judge_url, model="judge", progress=progress)
         runs[mode] = judged
     result = report(runs, out / "report")
     markdown = (out / "report" / "report.md").read_text(encoding="utf-8")
@@ -353,7 +341,6 @@ def _learn(path: Path, steps: int) -> None:
 
     print(f"\n[7/7] learn     a tiny policy trained {steps} steps with CDPA's Eq. 3 advantages (TRL, CPU) against the "
           f"real gateway; its scripted PRM scores a step +1 when it says {TARGET!r}, else -1\n")  # fmt: skip
-    hf_logging.set_verbosity_error()  # the tiny policy's loading notes are not the demo's news
     hf_logging.disable_progress_bar()
     curve = learning_curve("cdpa", steps=steps)
     path.write_text(json.dumps(curve._asdict(), indent=1), encoding="utf-8")

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from cdra_plugin import Failed, add_run_options
 from cdra_plugin.eval.baselines import MODES
 from cdra_plugin.eval.metrics import METRICS
 from cdra_plugin.eval.prompts import CHECKS
@@ -76,6 +77,7 @@ def add_parser(subparsers) -> None:
     calls = gen.add_argument_group("model calls")
     POLICY.add_options(calls, max_tokens=2048, timeout=300.0)
     _add_health_check(calls, "--backend")
+    add_run_options(gen)
     gen.set_defaults(func=run_generate)
 
     jud = sub.add_parser(
@@ -119,6 +121,7 @@ def add_parser(subparsers) -> None:
     calls = jud.add_argument_group("model calls")
     JUDGE.add_options(calls, max_tokens=1024, timeout=120.0)
     _add_health_check(calls, "--judge")
+    add_run_options(jud)
     jud.set_defaults(func=run_judge)
 
     rep = sub.add_parser(
@@ -154,31 +157,20 @@ def _add_health_check(group, option: str) -> None:
                        help=f"do not probe {option} (GET /v1/models) before the first call")  # fmt: skip
 
 
-def _fail(command: str, exc: BaseException) -> int:
-    print(f"cdra eval {command}: error: {exc}", file=sys.stderr)
-    return 2
-
-
-def _interrupted(command: str, output: str) -> int:
-    print(
-        f"cdra eval {command}: interrupted; what finished is in {output}: rerun the same command to resume",
-        file=sys.stderr,
-    )
-    return 130
+def _interrupted(output: str) -> KeyboardInterrupt:
+    return KeyboardInterrupt(f"what finished is in {output}: rerun the same command to resume")
 
 
 def _tokens(counts: dict) -> str:
     return f"tokens {counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} completion"
 
 
-def _stopped(command: str, stop, output: str, done: str) -> int:
-    """The line for a run stopped at a failure no retry fixes: the server's message, what was kept."""
-    print(
-        f"cdra eval {command}: stopped: {stop.error} (a {stop.error.kind} that no retry fixes); {done} -> {output} "
-        "and kept: fix the cause and rerun the same command to go on",
-        file=sys.stderr,
+def _stopped(stop, output: str, done: str) -> Failed:
+    """A run stopped at a failure no retry fixes: the server's message, and what was kept."""
+    return Failed(
+        f"stopped: {stop.error} (a {stop.error.kind} that no retry fixes); {done} -> {output} and kept: fix the "
+        "cause and rerun the same command to go on"
     )
-    return 1
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -198,14 +190,13 @@ def run_generate(args: argparse.Namespace) -> int:
             shots=args.shots,
             k=args.k,
             health_check=not args.skip_health_check,
+            progress=not args.no_progress,
             **POLICY.client_kwargs(args),
         )
     except Stopped as stop:
-        return _stopped("generate", stop, args.output, f"{stop.counts['written']} response(s) written")
-    except (ValueError, OSError) as exc:
-        return _fail("generate", exc)
+        raise _stopped(stop, args.output, f"{stop.counts['written']} response(s) written") from None
     except KeyboardInterrupt:
-        return _interrupted("generate", args.output)
+        raise _interrupted(args.output) from None
     failed = ", ".join(f"{kind}: {n}" for kind, n in sorted(counts["failed"].items())) or "none"
     refused = f"; {counts['refused_shots']} shot(s) refused (in the evaluated set)" if counts["refused_shots"] else ""
     print(
@@ -240,17 +231,16 @@ def run_judge(args: argparse.Namespace) -> int:
             limit=args.limit,
             retry_failed=args.retry_failed,
             health_check=not args.skip_health_check,
+            progress=not args.no_progress,
             **JUDGE.client_kwargs(args),
         )
     except Stopped as stop:
         done = f"{stop.counts['judged']} response(s) judged"
         if stop.counts["failures"]:
             done += f" (failures by kind: {_nulls(stop.counts['failures'])})"
-        return _stopped("judge", stop, args.output, done)
-    except (ValueError, OSError) as exc:
-        return _fail("judge", exc)
+        raise _stopped(stop, args.output, done) from None
     except KeyboardInterrupt:
-        return _interrupted("judge", args.output)
+        raise _interrupted(args.output) from None
     retried = f" ({counts['retried']} with null verdicts asked again)" if counts["retried"] else ""
     print(
         f"cdra eval judge: {counts['judged']} response(s) judged{retried}, {counts['skipped']} already there -> "
@@ -270,18 +260,15 @@ def run_report(args: argparse.Namespace) -> int:
     from cdra_plugin.eval.metrics import best_run
     from cdra_plugin.eval.report import csv_text, report
 
-    try:
-        runs = {}
-        for spec in args.runs:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"--runs {spec!r}: expected NAME=JUDGMENTS_FILE")
-            if name in runs:
-                raise ValueError(f"--runs: the name {name!r} is given twice")
-            runs[name] = path
-        result = report(runs, args.output, allow_mixed=args.allow_mixed)
-    except (ValueError, OSError) as exc:
-        return _fail("report", exc)
+    runs = {}
+    for spec in args.runs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--runs {spec!r}: expected NAME=JUDGMENTS_FILE")
+        if name in runs:
+            raise ValueError(f"--runs: the name {name!r} is given twice")
+        runs[name] = path
+    result = report(runs, args.output, allow_mixed=args.allow_mixed)
     if args.format == "json":
         print(json.dumps(result, indent=2, ensure_ascii=False))
     elif args.format == "csv":

@@ -118,6 +118,7 @@ async def generate_rows(
     shots: list,
     shots_file: dict | None = None,
     health_check: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Sample the missing responses of ``items`` into ``output``; returns the counts of the run (``Stopped`` at a
     failure no retry fixes, with the counts so far)."""
@@ -138,7 +139,8 @@ async def generate_rows(
         counts["skipped"] = len(items) * n - sum(len(m) for _, m in todo)
         if todo and health_check:
             await preflight(client, "--backend", "--model")
-        bar = tqdm(total=sum(len(m) for _, m in todo), desc=f"generate ({mode})", unit="resp", disable=None)
+        total = sum(len(m) for _, m in todo)
+        bar = tqdm(total=total, desc=f"generate ({mode})", unit="resp", disable=None if progress else True)
 
         async def one(job: tuple[Item, list[int]]) -> None:
             item, missing = job
@@ -185,13 +187,15 @@ def generate(
     shots: str | Path | None = None,
     k: int = 3,
     health_check: bool = True,
+    progress: bool = True,
     **client_options,
 ) -> dict:
     """Generate ``n`` responses per item of ``data`` into ``output`` (resumable); returns the run's counts.
 
     ``backend``: base URL(s), comma-separated or a list; ``client_options``: ``LLMClient`` keywords (``temperature``,
     ``max_tokens``, ``concurrency``, ``api_key``, ``timeout``, ``retries``, ...). ``shots``/``k``: few-shot only.
-    ``health_check``: probe the backends before the first call (see ``cdra_plugin.eval.calls``).
+    ``health_check``: probe the backends before the first call (see ``cdra_plugin.eval.calls``); ``progress``: a
+    progress bar on a terminal.
     """
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -213,7 +217,8 @@ def generate(
     async def run() -> dict:
         try:
             return await generate_rows(client, items, Path(output), mode=mode, n=n, seed=seed, shots=chosen,
-                                       shots_file=shots_file, health_check=health_check)  # fmt: skip
+                                       shots_file=shots_file, health_check=health_check,
+                                       progress=progress)  # fmt: skip
         finally:
             await client.aclose()
 

@@ -256,6 +256,7 @@ async def judge_rows(
     cache_path: Path | None = None,
     retry_failed: bool = False,
     health_check: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Judge every response not yet in ``output`` with the checks in ``prompts``; returns the run's counts
     (``Stopped`` at a failure no retry fixes, with the counts so far)."""
@@ -285,7 +286,7 @@ async def judge_rows(
 
         if todo and health_check:
             await preflight(client, "--judge", "--judge-model")
-        bar = tqdm(total=len(todo), desc="judge", unit="resp", disable=None)
+        bar = tqdm(total=len(todo), desc="judge", unit="resp", disable=None if progress else True)
 
         async def one(response: dict) -> None:
             out.write(await judge.row(response, checks, judge_input, previous.get(response_key(response))))
@@ -315,6 +316,7 @@ def judge(
     limit: int | None = None,
     retry_failed: bool = False,
     health_check: bool = True,
+    progress: bool = True,
     **client_options,
 ) -> dict:
     """Judge the responses file into ``output`` (resumable); returns the run's counts (failures by check and kind).
@@ -322,7 +324,8 @@ def judge(
     ``backend``: the judge's base URL(s); ``client_options``: ``LLMClient`` keywords (``temperature`` 0 by default,
     ``max_tokens``, ``concurrency``, ``api_key``, ...). ``cache``: the answer cache (default: beside ``output``).
     ``limit``: only the first N responses; ``retry_failed``: ask the null verdicts of earlier runs again;
-    ``health_check``: probe the judge before the first call (``cdra_plugin.eval.calls``).
+    ``health_check``: probe the judge before the first call (``cdra_plugin.eval.calls``); ``progress``: a
+    progress bar on a terminal.
     """
     unknown = [c for c in checks if c not in CHECKS]
     if unknown or not checks:
@@ -342,7 +345,7 @@ def judge(
             cache_path = Path(cache) if cache is not None else None
             return await judge_rows(client, rows, Path(output), prompts, judge_input=judge_input,
                                     cache_path=cache_path, retry_failed=retry_failed,
-                                    health_check=health_check)  # fmt: skip
+                                    health_check=health_check, progress=progress)  # fmt: skip
         finally:
             await client.aclose()
 

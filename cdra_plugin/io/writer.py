@@ -47,8 +47,9 @@ INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 logger = logging.getLogger("cdra.data")
 
 
-class DirectoryError(RuntimeError):
-    """The directory cannot take a new set now: another process is writing there, or its journal is unreadable."""
+class DirectoryError(ValueError):
+    """The directory cannot take a new set now: another process is writing there, or its journal is unreadable (a
+    ValueError, as ``lock.Busy``: the commands report it as an error in what the user asked)."""
 
 
 class InterruptedAfterCommit(KeyboardInterrupt):
@@ -203,9 +204,7 @@ def _recover(directory: Path) -> None:
             f"{journal_path}: names outside {directory} in a commit journal; check it, then delete it"
         )
     _apply(directory, journal)
-    logger.warning(
-        "cdra data: %s: completed a commit that a crash had interrupted (%s)", directory, ", ".join(journal["files"])
-    )
+    logger.warning("%s: completed a commit that a crash had interrupted (%s)", directory, ", ".join(journal["files"]))
 
 
 def _sweep(directory: Path, names: Iterable[str]) -> None:
@@ -223,7 +222,7 @@ def _sweep(directory: Path, names: Iterable[str]) -> None:
         count += 1
     if count:
         logger.warning(
-            "cdra data: %s: removed %d temporary file(s) or folder(s), %.1f MB, left by an interrupted run",
+            "%s: removed %d temporary file(s) or folder(s), %.1f MB, left by an interrupted run",
             directory,
             count,
             size / 1e6,

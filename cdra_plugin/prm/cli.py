@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 
+from cdra_plugin import Failed, add_run_options
 from cdra_plugin.prm.config import GatewayConfig
 
 # The serving stack (aiohttp, fastapi, uvicorn) is imported when a command runs, so `--help` is instant.
@@ -27,19 +27,25 @@ HOST_TIMEOUT_S = 180  # OpenRLHF's aiohttp timeout for one remote RM request
 
 
 def add_parser(subparsers) -> None:
-    prm = subparsers.add_parser("prm", help="Pers-GenPRM step-wise reward gateway and offline scoring")
+    prm = subparsers.add_parser(
+        "prm",
+        help="Pers-GenPRM step-wise reward gateway and offline scoring",
+        description="Pers-GenPRM (paper Section 2.3) behind OpenRLHF's remote reward-model protocol: `serve` runs the "
+        "step-wise gateway that training calls (--reward.remote_url http://HOST:PORT/get_reward); `score` scores a "
+        "JSONL file of responses offline, through the same gateway code.",
+    )
     sub = prm.add_subparsers(dest="prm_command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (OpenRLHF --reward.remote_url .../get_reward)",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     GatewayConfig.add_arguments(serve, serve=True)
-    _log_level(serve)
+    add_run_options(serve, log_level="info", progress=False)  # a server: no progress bar
     serve.set_defaults(func=run_serve)
 
     score = sub.add_parser("score", help="score a JSONL file of responses step by step (resumable)",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     GatewayConfig.add_arguments(score, serve=False)
-    _log_level(score)
+    add_run_options(score, log_level="info")
     g = score.add_argument_group("files")
     g.add_argument("--input", type=Path, required=True, help="responses JSONL: {id, preference, question, response} "
                    "per line (or {id, label, response}, or OpenRLHF's {id, prompt, query, label})")  # fmt: skip
@@ -49,12 +55,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--retry-failed", action="store_true", help="score again the records of earlier runs whose "
                    "outcome was dropped or fallback (e.g. after a backend outage); by default every id in --output "
                    "counts as done")  # fmt: skip
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=run_score)
-
-
-def _log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _log_setup(gateway) -> None:
@@ -79,24 +80,18 @@ def _log_setup(gateway) -> None:
         )  # fmt: skip
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from cdra_plugin.llm.client import api_key_from_env
     from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.server import bind, connection_cap, create_app, serve
 
-    _logging(args.log_level)
+    gateway = Gateway(GatewayConfig.from_namespace(args))
+    token = api_key_from_env(gateway.config.auth_token_env, "--auth-token-env")
+    cap = connection_cap(gateway)
     try:
-        gateway = Gateway(GatewayConfig.from_namespace(args))
-        token = api_key_from_env(gateway.config.auth_token_env, "--auth-token-env")
-        cap = connection_cap(gateway)
         sock = bind(gateway.config.host, gateway.config.port)  # before uvicorn starts: a port in use is one line
-    except (ValueError, OSError) as exc:
-        print(f"cdra prm serve: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # the --host/--port given cannot be used
+        raise ValueError(str(exc)) from None
     _log_setup(gateway)
     host, port = gateway.config.host, gateway.config.port
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -111,21 +106,14 @@ def run_score(args: argparse.Namespace) -> int:
     from cdra_plugin.prm.offline import OfflineRun
     from cdra_plugin.prm.reward import SampleFailed
 
-    _logging(args.log_level)
-    run = None
+    config = GatewayConfig.from_namespace(args)
+    run = OfflineRun(Gateway(config), args.input, args.output, parallel=args.parallel,
+                     retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
     try:
-        config = GatewayConfig.from_namespace(args)
-        run = OfflineRun(Gateway(config), args.input, args.output, parallel=args.parallel,
-                         retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
         asyncio.run(run.score())
-    except (ValueError, OSError) as exc:
-        print(f"cdra prm score: error: {exc}", file=sys.stderr)
-        return 2
     except SampleFailed as exc:
-        print(f"cdra prm score: stopped: {exc}; {run.summary()}", file=sys.stderr)
-        return 1
+        raise Failed(f"stopped: {exc}; {run.summary()}") from None
     except KeyboardInterrupt:
-        print(f"cdra prm score: interrupted; {run.summary() if run else 'nothing scored'}", file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt(run.summary()) from None
     print(f"cdra prm score: {run.summary()}")
     return 0

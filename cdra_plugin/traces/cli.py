@@ -141,10 +141,13 @@ def _indent(text: str, first: str, rest: str = "  ") -> str:
 
 def add_parser(subparsers) -> None:
     traces = subparsers.add_parser(
-        "traces", help="read critique traces (cdra-train --cdpa.trace_path) and `cdra prm score` output"
+        "traces",
+        help="read critique traces (cdra-train --cdpa.trace_path) and `cdra prm score` output",
+        description="Read what the PRM said about each step: the critique traces cdra-train writes "
+        "(--cdpa.trace_path: each step's score, critique and mean CDPA advantage) and `cdra prm score` records.",
     )
-    actions = traces.add_subparsers(dest="traces_command", metavar="ACTION", required=True)
-    show = actions.add_parser(
+    commands = traces.add_subparsers(dest="traces_command", metavar="COMMAND", required=True)
+    show = commands.add_parser(
         "show",
         help="print one record, its steps coloured by PRM score",
         description="Print one record of a critique trace (cdra-train --cdpa.trace_path) or of `cdra prm score` "
@@ -158,22 +161,16 @@ def add_parser(subparsers) -> None:
 
 
 def run_show(args) -> int:
-    try:
-        views, problems = load(args.file)
-    except OSError as e:
-        print(f"cdra traces show: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    views, problems = load(args.file)  # an unreadable file: an OSError naming it, which the runner reports
     for problem in problems[:MAX_REPORTED]:
         print(f"cdra traces show: skipped {problem}", file=sys.stderr)
     if len(problems) > MAX_REPORTED:
         print(f"cdra traces show: skipped {len(problems) - MAX_REPORTED} more bad lines", file=sys.stderr)
     if not views:
-        print(f"cdra traces show: {args.file}: no trace or scored records to show", file=sys.stderr)
-        return 2
+        raise ValueError(f"{args.file}: no trace or scored records to show")
     if not -len(views) <= args.index < len(views):
-        print(f"cdra traces show: --index {args.index} is out of range: {args.file} has {len(views)} records "
-              f"(0..{len(views) - 1}, or -1 for the last)", file=sys.stderr)  # fmt: skip
-        return 2
+        raise ValueError(f"--index {args.index} is out of range: {args.file} has {len(views)} records "
+                         f"(0..{len(views) - 1}, or -1 for the last)")  # fmt: skip
     colour = not args.no_colour and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
     print(render(views[args.index], colour))
     return 0
