@@ -211,6 +211,6 @@ def test_the_old_aggregation_name_is_read_with_a_warning():
 def test_a_prompts_file_without_the_label_column_is_named(tmp_path, tiny_model_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"input": "q"}) + "\n")
-    with pytest.raises(SystemExit, match=r"prompts.jsonl: no column 'label' \(--label_key\)"):
+    with gateway() as url, pytest.raises(SystemExit, match=r"prompts.jsonl: no column 'label' \(--label_key\)"):
         main(["--model_name_or_path", str(tiny_model_path), "--prompts", str(bad), "--output_dir", str(tmp_path),
-              "--use_cpu", "true"])  # fmt: skip
+              "--use_cpu", "true", "--reward_url", url])  # fmt: skip

@@ -16,8 +16,13 @@ GRPO baseline, on R_dense) and refuses ``--cdpa.*`` options.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
+
+from cdra_plugin import quiet_third_party
+
+PROG = "python -m cdra_plugin.trl.train"
 
 
 @dataclass
@@ -63,9 +68,7 @@ def parse_args(argv: list[str] | None = None):
 
     from cdra_plugin.cdpa.config import CDPAConfig
 
-    parser = HfArgumentParser(
-        (ScriptArguments, GRPOConfig), prog="python -m cdra_plugin.trl.train", formatter_class=_HelpFormatter
-    )
+    parser = HfArgumentParser((ScriptArguments, GRPOConfig), prog=PROG, formatter_class=_HelpFormatter)
     CDPAConfig.add_arguments(parser, applies="--estimator cdpa")
     script, config, cdpa_options = parser.parse_args_into_dataclasses(argv)
     if script.estimator not in ("cdpa", "grpo"):
@@ -76,7 +79,30 @@ def parse_args(argv: list[str] | None = None):
     return script, config, cdpa
 
 
+def check_gateway(argv: list[str]) -> None:
+    """Exit with one line (status 2) when the gateway of ``--reward_url`` cannot score: read from ``argv`` before
+    TRL is imported (10 s) and the model loaded, not in a traceback after them."""
+    from cdra_plugin.prm.probe import GatewayUnusable, probe
+
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--reward_url", "--reward-url", default=ScriptArguments.reward_url)
+    early.add_argument("--auth_token_env", "--auth-token-env")
+    given, _ = early.parse_known_args(argv)
+    token = os.environ.get(given.auth_token_env) if given.auth_token_env else None
+    try:
+        if given.auth_token_env and not token:
+            raise GatewayUnusable(f"--auth_token_env: environment variable {given.auth_token_env} is not set or empty")
+        probe(given.reward_url, token)
+    except GatewayUnusable as exc:
+        print(f"{PROG}: error: the PRM gateway at {given.reward_url} is not usable: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party()  # before transformers, TRL and DeepSpeed are imported
+    if not {"-h", "--help"} & set(argv):
+        check_gateway(argv)
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 

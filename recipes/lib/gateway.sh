@@ -16,45 +16,17 @@ check_gateway() {  # [NO_DROP]: every PRM backend up, the aggregation REWARD_AGG
     note "SKIP_HEALTH_CHECK=1: the PRM gateway at $REWARD_URL is not checked"
     return 0
   fi
-  local status=0 answer
-  answer=$("$PYTHON" - "${REWARD_URL%/get_reward}/health" "${AUTH_TOKEN_ENV:-}" "$REWARD_AGGREGATION" "${1:-}" <<'PY'
-import json, os, sys, urllib.error, urllib.request
-url, token_env, aggregation, no_drop = sys.argv[1:]
-def fail(reason, status=1):  # 3: nothing answered; 1: it answered, but cannot serve this run
-    print(reason)
-    sys.exit(status)
-request = urllib.request.Request(url)
-if token_env:
-    request.add_header("Authorization", "Bearer " + os.environ[token_env])
-try:
-    with urllib.request.urlopen(request, timeout=10) as r:
-        health = json.load(r)
-except urllib.error.HTTPError as e:  # it answered: 503 when its backends are down, 401 without the token
-    try:
-        health = json.load(e)
-    except ValueError:
-        fail(f"GET {url}: HTTP {e.code}")
-except Exception as e:
-    fail(f"GET {url}: {getattr(e, 'reason', e)}; start it with recipes/serve_prm.sh, or set REWARD_URL", 3)
-policy = health.get("failure_policy")
-if health.get("status") != "ok":
-    fail(f"status {health.get('status')}, backends {health.get('backends')}; check its PRM backends (its log)")
-if no_drop and policy == "drop":
-    fail(f"it runs --failure-policy drop, which {no_drop}: restart it with FAILURE_POLICY=fail")
-served = health.get("reward_aggregation")
-if aggregation and served != aggregation:
-    why = " (R_dense = the sum of the step scores, the paper's GRPO (with PRM) reward)" if aggregation == "sum" else ""
-    instead = f", or set REWARD_AGGREGATION={served} to train on its reward" if served else ""
-    fail(f"its reward aggregation is {served or 'not reported'}, not REWARD_AGGREGATION={aggregation}{why}: "
-         f"restart it with REWARD_AGGREGATION={aggregation} bash recipes/serve_prm.sh{instead}")
-print(f"ok, model {health.get('model')}, failure policy {policy}, reward aggregation {served}")
-PY
-  ) || status=$?
+  local status=0 answer probe=(--option REWARD_URL)
+  [[ -z ${AUTH_TOKEN_ENV:-} ]] || probe+=(--token-env "$AUTH_TOKEN_ENV")
+  [[ -z $REWARD_AGGREGATION ]] || probe+=(--aggregation "$REWARD_AGGREGATION")
+  [[ -z ${1:-} ]] || probe+=(--no-drop "$1")
+  # cdra_plugin.prm.probe: the GET /health check the TRL entry point makes too (0 usable, 1 not, 3 no answer)
+  answer=$("$PYTHON" -m cdra_plugin.prm.probe "$REWARD_URL" "${probe[@]}") || status=$?
   if ((status == 0)); then
     note "PRM gateway at $REWARD_URL: $answer"
   elif ((status == 3)) && [[ $DRY_RUN == 1 ]]; then
     note "warning: no PRM gateway answers at $REWARD_URL ($answer): DRY_RUN=1 goes on"
   else
-    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' failed}"
+    die "the PRM gateway at $REWARD_URL is not usable: ${answer:-'$PYTHON' cannot run cdra_plugin.prm.probe (activate the environment)}"
   fi
 }
