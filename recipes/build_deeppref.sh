@@ -106,6 +106,7 @@ build_command() {
 check_inputs
 build_command
 if [[ $DRY_RUN == 1 ]]; then
+  print_settings
   note "DRY_RUN=1: every value and input checked; cdra and the model servers are not (cdra build probes them). The command:"
   printf '%q ' "${CMD[@]}"
   echo

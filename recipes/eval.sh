@@ -196,6 +196,7 @@ check_inputs
 build_commands
 if [[ $DRY_RUN == 1 ]]; then
   check_gpu_ids GPUS
+  print_settings
   note "DRY_RUN=1: every value and input checked; vllm, cdra, the port and the GPUs are not. The commands:"
   for i in "${!CKPTS[@]}"; do
     echo "CUDA_VISIBLE_DEVICES=$GPUS ${SERVE_CMDS[i]}"

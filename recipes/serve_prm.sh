@@ -99,6 +99,7 @@ check_inputs
 build_commands
 if [[ $DRY_RUN == 1 ]]; then
   check_gpu_ids GPUS
+  print_settings
   note "DRY_RUN=1: every value checked; vllm, cdra, the ports and the GPUs are not. The commands:"
   for ((i = 0; i < REPLICAS; i++)); do echo "CUDA_VISIBLE_DEVICES=${DEVICES[i]} ${VLLM_CMDS[i]}"; done
   printf '%q ' "${GATEWAY_CMD[@]}"

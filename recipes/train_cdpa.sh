@@ -212,6 +212,7 @@ else  # a plain OpenRLHF estimator takes the protocol's 0.0 for a dropped sample
   check_gateway "only cdra-train honours (OpenRLHF's $ESTIMATOR would normalise the dropped samples' 0.0 into the advantages)"
 fi
 if [[ $DRY_RUN == 1 ]]; then
+  print_settings
   note "DRY_RUN=1: every value and input checked, and the gateway (above); ray, the Ray cluster and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo

@@ -164,6 +164,7 @@ CMD=(accelerate launch "${LAUNCH_ARGS[@]}" -m cdra_plugin.trl.train
 
 check_gateway  # no NO_DROP: GatewayReward masks a dropped sample for both estimators (above)
 if [[ $DRY_RUN == 1 ]]; then
+  print_settings
   note "DRY_RUN=1: every value and input checked, TRL importable, and the gateway (above); accelerate and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo

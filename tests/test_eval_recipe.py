@@ -138,10 +138,13 @@ def test_a_dry_run_says_what_it_did_not_check(tmp_path, setup):
     _, env = setup
     out = run_recipe(tmp_path, **{**env, "DRY_RUN": "1", "GPUS": "0,2"})
     assert out.returncode == 0, out.stderr
-    assert out.stderr.splitlines() == [
+    notes = [line for line in out.stderr.splitlines() if not line.startswith("  ")]  # settings: "  NAME=value"
+    assert notes == [
         "eval.sh: DRY_RUN=1: not checking for 3 GPU(s) (GPUS=0,2)",
+        "eval.sh: settings:",
         "eval.sh: DRY_RUN=1: every value and input checked; vllm, cdra, the port and the GPUs are not. The commands:",
     ]
+    assert "  GPUS=0,2" in out.stderr.splitlines()
 
 
 def test_checkpoint_folder_without_checkpoints_is_refused(tmp_path, setup):

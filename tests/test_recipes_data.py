@@ -119,9 +119,11 @@ def test_data_beside_an_interrupted_prepare_commit_is_refused(tmp_path):
 def test_hub_ids_are_taken_as_such_and_the_dry_run_says_what_it_skipped(tmp_path):
     proc = run("train_prm_sft.sh", tmp_path, DATA=str(data_file(tmp_path, "prm_sft.jsonl")), DRY_RUN="1")
     assert proc.returncode == 0 and proc.stdout.startswith("deepspeed ")
-    assert proc.stderr.splitlines() == [
+    notes = [line for line in proc.stderr.splitlines() if not line.startswith("  ")]  # settings: "  NAME=value"
+    assert notes == [
         "train_prm_sft.sh: MODEL=Qwen/Qwen2.5-7B-Instruct is no local folder: taken for a Hugging Face hub id "
         "(downloaded at launch unless cached)",
+        "train_prm_sft.sh: settings:",
         "train_prm_sft.sh: DRY_RUN=1: every value and input checked; deepspeed, openrlhf and the GPUs are not. "
         "The command:",
     ]

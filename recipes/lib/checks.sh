@@ -1,6 +1,10 @@
-# Checks shared by the recipes, sourced after the recipe has set RECIPE. Every value is checked before anything
-# launches; a problem stops the recipe with one line, "<recipe>: error: <what is wrong and what to do>", status 2.
-# Notes go to stderr, so that a dry run's stdout is the command alone.
+# Checks shared by the recipes, sourced after the recipe has set RECIPE and its variables' defaults. Every value is
+# checked before anything launches; a problem stops the recipe with one line, "<recipe>: error: <what is wrong and
+# what to do>", status 2. Notes go to stderr, so that a dry run's stdout is the command alone.
+#
+# The recipe's variables are those it gives a default (NAME=${NAME:-default}), here and in the files it sourced: an
+# environment variable that looks like one of them and is not (CDPA_MDOE, N_SAMPLE, n_samples, CDPA_EPS) stops it
+# at once; recipes/lib/variables.py states the rule. print_settings shows them all as the run uses them.
 
 PYTHON=${PYTHON:-python3}  # the environment's interpreter: imports torch for the GPU check
 GPU_CHECK=${GPU_CHECK:-1}
@@ -10,6 +14,19 @@ die() {
   exit 2
 }
 note() { echo "$RECIPE: $*" >&2; }
+
+# The recipe file first, then the lib files sourced on the way here (this one last).
+_sources=()
+for ((_i = ${#BASH_SOURCE[@]} - 1; _i >= 0; _i--)); do _sources+=("${BASH_SOURCE[_i]}"); done
+RECIPE_VARIABLES=$("$PYTHON" "$(dirname "${BASH_SOURCE[0]}")/variables.py" "$RECIPE" "${_sources[@]}") ||
+  die "${RECIPE_VARIABLES:-'$PYTHON' cannot run recipes/lib/variables.py (set PYTHON to a Python 3 interpreter)}"
+unset _sources _i
+
+print_settings() {  # the recipe's variables as this run uses them, one per line (stderr)
+  local name
+  note "settings:"
+  for name in $RECIPE_VARIABLES; do printf '  %s=%s\n' "$name" "${!name}" >&2; done
+}
 
 need_choice() {  # VAR CHOICE...
   local var=$1 choice

@@ -131,6 +131,7 @@ CMD=(deepspeed "${LAUNCH_ARGS[@]}" --module openrlhf.cli.train_sft
   "${EXTRA[@]}")
 
 if [[ $DRY_RUN == 1 ]]; then
+  print_settings
   note "DRY_RUN=1: every value and input checked; deepspeed, openrlhf and the GPUs are not. The command:"
   printf '%q ' "${CMD[@]}"
   echo
