@@ -69,15 +69,10 @@ check_inputs() {
   [[ -e $INPUT ]] || die "INPUT=$INPUT not found: a PrefEval JSON file or folder, or JSONL rows {preference, question, topic?}"
   [[ -n $OUTPUT && (! -e $OUTPUT || -d $OUTPUT) ]] || die "OUTPUT=$OUTPUT: expected a folder for the trees"
   [[ -z $LIMIT ]] || need_int LIMIT 1
-  need_urls GENERATOR_URL "the generator"
-  need_env_var_name GENERATOR_KEY_ENV
-  need_urls EVALUATOR_URL "the evaluator"
-  need_env_var_name EVALUATOR_KEY_ENV
-  need_int GENERATOR_CONCURRENCY 1
-  need_int EVALUATOR_CONCURRENCY 1
+  need_llm_values "the generator" urls:GENERATOR_URL api_key:GENERATOR_KEY_ENV concurrency:GENERATOR_CONCURRENCY
+  need_llm_values "the evaluator" urls:EVALUATOR_URL api_key:EVALUATOR_KEY_ENV concurrency:EVALUATOR_CONCURRENCY
   [[ -z $PARALLEL ]] || need_int PARALLEL 1
-  need_number TIMEOUT "x > 0" "> 0 (seconds per call)"
-  need_int RETRIES 0
+  need_llm_values "both" timeout:TIMEOUT retries:RETRIES
   check_personas
   need_int BRANCH 1
   need_int DEPTH 1

@@ -116,18 +116,15 @@ check_inputs() {
     [[ -z $SHOTS ]] || die "SHOTS is set but MODE=$MODE: demonstrations are for MODE=few-shot"
   fi
   need_int N_SAMPLES 1
-  need_number TEMPERATURE "x >= 0" ">= 0"
+  need_llm_values "the model" temperature:TEMPERATURE max_tokens:MAX_TOKENS concurrency:GEN_CONCURRENCY
   if ((N_SAMPLES > 1)) && awk -v x="$TEMPERATURE" 'BEGIN { exit !(x + 0 == 0) }'; then
     die "N_SAMPLES=$N_SAMPLES with TEMPERATURE=$TEMPERATURE samples identical responses: set TEMPERATURE > 0"
   fi
-  need_int MAX_TOKENS 1
   [[ -z $LIMIT ]] || need_int LIMIT 1
   need_int SEED 0
-  need_int GEN_CONCURRENCY 1
-  need_urls JUDGE_URL "the judge (such as https://api.deepseek.com/v1)"
+  need_llm_values "the judge (such as https://api.deepseek.com/v1)" urls:JUDGE_URL api_key:JUDGE_API_KEY_ENV \
+    concurrency:JUDGE_CONCURRENCY
   [[ -n $JUDGE_MODEL ]] || die "JUDGE_MODEL is empty: the judge's model name (the paper used DeepSeek-V3.2-Exp)"
-  need_env_var_name JUDGE_API_KEY_ENV
-  need_int JUDGE_CONCURRENCY 1
   [[ -z $CHECKS ]] || need_choices CHECKS acknowledge violation hallucination helpful deep_mining innovative_expansion \
     thoughtfulness misleading
   [[ -z $PROMPT_DIR || -d $PROMPT_DIR ]] || die "PROMPT_DIR=$PROMPT_DIR is not a folder (of judge prompt files)"

@@ -64,7 +64,7 @@ check_inputs() {
   need_int VLLM_BASE_PORT 1 $((65535 - REPLICAS + 1))
   need_int GATEWAY_PORT 1 65535
   need_int MAX_STEPS 1
-  need_int CONCURRENCY 1
+  need_llm_values "the PRM" concurrency:CONCURRENCY
   need_host GATEWAY_HOST
   if ((GATEWAY_PORT >= VLLM_BASE_PORT && GATEWAY_PORT < VLLM_BASE_PORT + REPLICAS)); then
     die "GATEWAY_PORT=$GATEWAY_PORT collides with the replica ports $VLLM_BASE_PORT..$((VLLM_BASE_PORT + REPLICAS - 1))"
