@@ -46,7 +46,8 @@ logger = logging.getLogger("cdra")
 
 class Parser(argparse.ArgumentParser):
     """Every ``cdra`` parser (sub-parsers inherit the class): an unknown option is reported with the usage of the
-    command it was given to, and help shows ``literal`` where the docstrings it reuses write ````literal````."""
+    command it was given to, and --help shows single backquotes where the docstrings it reuses have
+    reStructuredText's double ones."""
 
     _given: list[str] = []  # the arguments this parser was given
 

@@ -19,6 +19,7 @@ from recipe_helpers import gateway, write_prompts
 from cdra_plugin import THIRD_PARTY_NOTICES, quiet_third_party
 from cdra_plugin.prm.config import GatewayConfig
 from cdra_plugin.prm.gateway import Gateway
+from cdra_plugin.prm.probe import GatewayUnusable, probe
 from cdra_plugin.prm.server import create_app
 from cdra_plugin.stub import BackgroundServer, ScriptedLLM, prm_step_judge
 from cdra_plugin.stub.processes import free_port
@@ -103,3 +104,12 @@ def test_learn_trl_is_quiet():
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["steps"] == 5
     assert noise(out.stdout + out.stderr) == [], noise(out.stdout + out.stderr)
+
+
+def test_the_probe_says_what_answered_when_it_is_not_a_gateway():
+    with ScriptedLLM(prm_step_judge(), model="m") as llm:  # an OpenAI-compatible server, not the gateway
+        with pytest.raises(GatewayUnusable, match=r"/v1/health: HTTP 404") as caught:
+            probe(llm.base_url + "/get_reward")
+    assert caught.value.answered
+    with pytest.raises(GatewayUnusable, match=r"--reward_url 'localhost:5000/get_reward': expected the gateway's"):
+        probe("localhost:5000/get_reward")

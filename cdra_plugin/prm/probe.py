@@ -37,6 +37,8 @@ def probe(url: str, token: str | None = None, *, option: str = "--reward_url", a
     refuses ``token``, serves another ``aggregation`` than the one given, or runs ``--failure-policy drop`` while
     ``no_drop`` (why this run cannot leave a dropped sample out) is given. ``option`` names the URL in messages."""
     parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayUnusable(f"{option} {url!r}: expected the gateway's http://HOST:PORT/get_reward", answered=False)
     health = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.removesuffix("/get_reward")
                          + "/health", "", ""))  # fmt: skip
     request = urllib.request.Request(health)
@@ -45,22 +47,25 @@ def probe(url: str, token: str | None = None, *, option: str = "--reward_url", a
     elif parts.password:  # http://user:TOKEN@host: basic auth, as OpenRLHF's client sends it
         basic = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
         request.add_header("Authorization", "Basic " + basic)
+    code = 200
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            body = json.load(answer)
+            raw = answer.read()
     except urllib.error.HTTPError as exc:  # it answered: 503 when its backends are down, 401 without the token
-        try:
-            body = json.load(exc)
-        except ValueError:
-            body = {}
-        if "status" not in body:
-            detail = f" ({body['detail']})" if isinstance(body, dict) and body.get("detail") else ""
-            raise GatewayUnusable(f"GET {health}: HTTP {exc.code}{detail}") from None
-    except (OSError, ValueError) as exc:  # URLError's reason: the OSError of the connection, or a message
+        code, raw = exc.code, exc.read()
+    except OSError as exc:  # nothing answered; URLError's reason is the connection's OSError, or a message
         reason = getattr(exc, "reason", exc)
         reason = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
         raise GatewayUnusable(f"GET {health}: {reason}; start it with recipes/serve_prm.sh, or set {option}",
                               answered=False) from None  # fmt: skip
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "status" not in body:  # a 401's {"detail": ...}, or not a gateway at all
+        detail = f" ({body['detail']})" if isinstance(body, dict) and body.get("detail") else ""
+        what = "" if code != 200 else ": not the /health of `cdra prm serve`"
+        raise GatewayUnusable(f"GET {health}: HTTP {code}{detail}{what}")
     if body.get("status") != "ok":
         raise GatewayUnusable(f"status {body.get('status')}, backends {body.get('backends')}; check its PRM backends "
                               "(its log)")  # fmt: skip
