@@ -18,7 +18,8 @@ Exit statuses and stderr, the same for every command:
 
 A command (``func`` of its parser) returns 0 or 1, raises ``ValueError`` for bad input and ``cdra_plugin.Failed``
 for a failed run, and lets ``KeyboardInterrupt`` through, re-raised as ``KeyboardInterrupt("what was kept")`` when
-it has something to say. ``--log-level`` (``cdra_plugin.add_run_options``) is applied here for every command.
+it has something to say. Logging is set up here for every command: one format, ``--log-level`` where the command
+has it (``cdra_plugin.add_run_options``), else warnings and errors.
 """
 
 import argparse
@@ -107,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """``args.func(args)`` with the exit statuses and messages of the module docstring."""
     name = " ".join(filter(None, (args.command, getattr(args, f"{args.command}_command", None))))
-    if hasattr(args, "log_level"):
-        logging.basicConfig(format=LOG_FORMAT)  # a no-op where a handler exists (an embedding program's, pytest's)
-        logging.getLogger().setLevel(args.log_level.upper())
+    logging.basicConfig(format=LOG_FORMAT)  # a no-op where a handler exists (an embedding program's, pytest's)
+    logging.getLogger().setLevel(getattr(args, "log_level", "warning").upper())
     received: list[int] = []
     try:
         with _signals_as_interrupts(received):
