@@ -13,11 +13,12 @@
 #   CDPA_MODE=process N_SAMPLES=8 bash recipes/train_cdpa.sh
 #   RAY_ADDRESS=http://head:8265 NNODES=4 bash recipes/train_cdpa.sh   # multi-node: a Ray cluster you started
 #   ESTIMATOR=group_norm bash recipes/train_cdpa.sh            # see train_grpo_baseline.sh for the GRPO baseline
-#   STREAM_SCORING=0 bash recipes/train_cdpa.sh                # score each sample after it ends, as OpenRLHF does
+#   STREAM_SCORING=1 bash recipes/train_cdpa.sh                # score each step while the policy writes the next
 #
-# STREAM_SCORING=1 (the default) runs `cdra-train --cdpa.stream_scoring`: the PRM scores each step while the policy
-# writes the next, so scoring ends almost with generation and needs fewer PRM replicas (README, "Sizing the PRM");
-# rewards are the same.
+# STREAM_SCORING=1 runs `cdra-train --cdpa.stream_scoring`: the PRM scores each step while the policy writes the
+# next, so scoring ends almost with generation and needs fewer PRM replicas (docs/gateway.md, "Streaming step
+# scoring"); rewards are the same. It is off by default until it has run on GPUs: its tests and benchmark run a
+# simulated vLLM engine on CPUs. The default (0) scores each sample when it ends, as OpenRLHF does.
 #
 # Multi-node: on the head `ray start --head --num-gpus 8`, on every other node `ray start --address HEAD_IP:6379
 # --num-gpus 8`; cdra-plugin (scripts/setup_env.sh) must be installed on every node. Every value below is an
@@ -35,7 +36,7 @@ GENERATE_MAX_LEN=${GENERATE_MAX_LEN:-1024}
 # --- models and reward
 POLICY=${POLICY:-checkpoints/policy-rft}
 REWARD_URL=${REWARD_URL:-http://127.0.0.1:5000/get_reward}
-STREAM_SCORING=${STREAM_SCORING:-1}  # 1: steps scored while the policy writes (cdra-train --cdpa.stream_scoring)
+STREAM_SCORING=${STREAM_SCORING:-0}  # 1: steps scored while the policy writes (cdra-train --cdpa.stream_scoring)
 SAVE_PATH=${SAVE_PATH:-checkpoints/policy-cdpa}
 
 # --- algorithm (paper: G = 5, temperature 1.0, <= 400 steps)

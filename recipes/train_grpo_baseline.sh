@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's "GRPO (with PRM)" baseline (Table 1): the same data, policy and PRM gateway as recipes/train_cdpa.sh,
-# but OpenRLHF's own group_norm estimator on the gateway's scalar reward: run by cdra-train with streaming step
-# scoring (STREAM_SCORING=1, the default: the host's estimator and trainer code, the same rewards, scored sooner),
-# or by OpenRLHF's train_ppo_ray unchanged (STREAM_SCORING=0).
+# but OpenRLHF's own group_norm estimator on the gateway's scalar reward: run by OpenRLHF's train_ppo_ray unchanged
+# (STREAM_SCORING=0, the default), or by cdra-train with streaming step scoring (STREAM_SCORING=1: the host's
+# estimator and trainer code, the same rewards, scored sooner).
 #
 #   REWARD_AGGREGATION=sum FAILURE_POLICY=fail bash recipes/serve_prm.sh &   # the gateway this baseline needs
 #   bash recipes/train_grpo_baseline.sh                                       # same variables as train_cdpa.sh
