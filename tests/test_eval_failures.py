@@ -79,9 +79,7 @@ def test_a_4xx_no_retry_fixes_stops_the_run_at_once_with_the_servers_message(tmp
         asked = len(llm.requests)
     assert code == 1
     err = capsys.readouterr().err
-    assert (
-        err.startswith("cdra eval judge: error: stopped: client_error after 1 attempt(s): ") and err.count("\n") == 1
-    )
+    assert err.startswith("cdra eval judge: error: stopped: not_served after 1 attempt(s): ") and err.count("\n") == 1
     assert "HTTP 404: The model `jduge` does not exist." in err and "0 response(s) judged" in err
     assert asked <= 8  # the calls of the first response in flight at most, never the other eleven's
     assert not out.exists()
@@ -213,7 +211,7 @@ def test_generate_stops_at_once_on_an_unknown_model(tmp_path, capsys):
         assert main([*argv, "--skip-health-check"]) == 1
         assert len(llm.requests) == 1
     err = capsys.readouterr().err
-    assert "stopped: client_error after 1 attempt(s): " in err and "The model `polciy` does not exist." in err
+    assert "stopped: not_served after 1 attempt(s): " in err and "The model `polciy` does not exist." in err
     assert not out.exists()
 
 

@@ -11,7 +11,8 @@ import time
 import pytest
 from hostile import HostileLLM, Raw, completion_json
 
-from cdra_plugin.llm.client import LLMCallError, LLMClient, normalize_base_url, public_url
+from cdra_plugin.llm.client import LLMCallError, LLMClient
+from cdra_plugin.llm.options import normalize_base_url, public_url
 from cdra_plugin.prm.metrics import Metrics
 from cdra_plugin.stub import Fault, ScriptedLLM, score_text
 
@@ -70,7 +71,10 @@ def test_completion_format_and_sampling_parameters():
         ([Fault.http(500)] * 3, "server_error", 3),
         ([Fault.http(429)] * 3, "rate_limited", 3),
         ([Fault.hang(2.0)] * 3, "timeout", 3),
-        ([Fault.http(404)], "client_error", 1),  # a 4xx other than 408/429 is not retried
+        ([Fault.http(404)], "not_served", 1),  # the only replica cannot serve the model: no retry helps
+        ([Fault.http(401)], "not_served", 1),
+        ([Fault.http(400)], "client_error", 1),  # the request itself: not retried
+        ([Fault.http(422)], "client_error", 1),
         (["no score"] * 3, "unparsable", 3),
         ([["SCORE: 0.1", "SCORE: 0.2"]] * 3, "bad_response", 3),  # 2 choices for n=1
     ],

@@ -183,7 +183,7 @@ def test_the_dispatcher_bounds_affinity_by_slack_never_exceeds_capacity_and_neve
             choice = dispatcher.assign(rng.choice(keys), None)
             assert loads[choice.label] <= min(loads.values()) + 3, loads
             if held and rng.random() < 0.5:
-                dispatcher.release(held.pop(rng.randrange(len(held))), "ok")
+                dispatcher.release(held.pop(rng.randrange(len(held))), "ok", time.monotonic())
             else:
                 waiting.append(asyncio.ensure_future(dispatcher.acquire(rng.random(), affinity=rng.choice(keys))))
             await asyncio.sleep(0)  # let granted acquires return

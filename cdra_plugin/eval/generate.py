@@ -32,8 +32,7 @@ from cdra_plugin.eval.calls import Stopped, is_fatal, preflight
 from cdra_plugin.io.jsonl import read_rows
 from cdra_plugin.io.pool import for_each
 from cdra_plugin.io.resumable import ResumableOutput
-from cdra_plugin.llm.client import LLMCallError, LLMClient
-from cdra_plugin.llm.options import connect
+from cdra_plugin.llm.client import LLMCallError, LLMClient, connect
 
 # generation settings that may differ between the runs writing one output (more samples per prompt)
 _MAY_GROW = ("n", "cdra_plugin")

@@ -49,8 +49,7 @@ from cdra_plugin.io.jsonl import read_rows
 from cdra_plugin.io.pool import for_each
 from cdra_plugin.io.resumable import ResumableOutput
 from cdra_plugin.io.singleflight import SingleFlight
-from cdra_plugin.llm.client import LLMCallError, LLMClient
-from cdra_plugin.llm.options import connect
+from cdra_plugin.llm.client import LLMCallError, LLMClient, connect
 
 JUDGE_INPUTS = ("full", "final")
 _TEXT_FIELDS = ("preference", "question", "response")

@@ -10,16 +10,21 @@ training run needs:
   loaded one, otherwise (and without a key) the least loaded backend's; queues are served in ``priority`` order,
   first come first served by default, a retry keeps its call's priority, and an idle backend takes waiting calls
   from the others;
-- a circuit breaker per backend: ``breaker_failures`` consecutive connection failures take it out of rotation,
-  after ``breaker_cooldown`` seconds one probe call is let through (half open) and closes it again if it answers;
+- a circuit breaker per backend takes a replica that cannot serve out of rotation: ``breaker_failures``
+  consecutive failures (no connection, 5xx, a broken answer, or timeouts while the other replicas answer: a hung
+  replica), or at once a 401/403/404 (``not_served``: a mis-set ``--served-model-name``, a missing key); after
+  ``breaker_cooldown`` seconds one probe call is let through (half open) and closes it again if it answers;
 - ``timeout`` is a deadline for the whole call (connect, send, the complete answer), not for each read;
 - retries with exponential backoff and full jitter for transient faults (connection errors, timeouts, 429, 5xx, an
-  answer the caller rejects, e.g. one without a parsable score, an answer that is not the expected JSON); other 4xx
-  are not retried, and a retry goes to another backend when there is one;
+  answer the caller rejects, e.g. one without a parsable score, an answer that is not the expected JSON); a retry
+  never goes back to the replica that just failed it while another is in rotation. A ``not_served`` call goes to
+  another replica at once, without using a retry; a 400 (or another 4xx: the request itself) is not retried;
 - a retry after a rejected answer samples at ``retry_temperature`` when the configured temperature is 0: a greedy
   model asked the same question again would give the same rejected answer;
-- every failure of a backend call is one of ``FAILURE_KINDS`` (no exception of the transport escapes); what is
-  still failed after the retries raises ``LLMCallError`` with its kind: the caller applies its policy;
+- every failure of a backend call is one of ``FAILURE_KINDS`` (no exception of the transport or of reading the
+  answer escapes: a body nested too deeply to parse is a ``bad_response``); what is still failed after the retries
+  raises ``LLMCallError`` with its kind: the caller applies its policy (a kind in ``FATAL_KINDS`` should stop a run);
+- per-backend state for Prometheus (``register_metrics``) and ``/health`` (``health``);
 - token usage (``usage`` of the server's answer) on every ``Completion``, for cost reports.
 
 Why aiohttp and not the ``openai`` package: the gateway makes hundreds of calls a second, and the ``openai`` client
@@ -34,30 +39,38 @@ convention), so a hosted key in ``OPENAI_API_KEY`` never leaks to a local server
     completion = await client.sample(prompt, n=1, check=lambda texts: None if ok(texts) else "why not",
                                      affinity=response_hash, priority=request_arrival_monotonic)
     completion.texts, completion.usage.completion_tokens
-    client.backend_states()  # [{"backend", "state": "closed", "consecutive_failures": 0, "in_flight": 3, "queued": 0}]
+    client.backend_states()  # [{"backend", "state": "closed", "consecutive_failures": 0, "in_flight": 3, ...}]
+    client.register_metrics(registry, "cdra_prm")  # cdra_prm_backend_state{backend,state}, ... (BackendMetrics)
     await client.aclose()
+
+``connect(urls, model, "--judge", **keywords)`` builds a client whose URL errors name the option the URLs came from;
+the keywords are checked in ``cdra_plugin.llm.options`` (``OptionError`` naming the bad one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from cdra_plugin.llm.dispatch import Backend, Dispatcher
+from cdra_plugin.llm.dispatch import Backend, BackendMetrics, Dispatcher
+from cdra_plugin.llm.options import OPTIONS, OptionError, parse_base_urls, public_url
+from cdra_plugin.llm.options import check as check_options
 
-# Failure kinds; the transient ones are retried.
+# Failure kinds; the transient ones are retried. not_served: the replica answered 401, 403 or 404 (it cannot serve
+# this model: wrong --served-model-name, key or path), and no other replica could; client_error: another 4xx, the
+# request itself is wrong (a prompt over the context length, a bad parameter).
 TRANSIENT_KINDS = ("timeout", "connection", "rate_limited", "server_error", "unparsable", "bad_response")
-FAILURE_KINDS = (*TRANSIENT_KINDS, "client_error")
+FAILURE_KINDS = (*TRANSIENT_KINDS, "not_served", "client_error")
 # Kinds that no retry of the same request fixes: a run that sees one should stop and show the server's message.
-FATAL_KINDS = ("client_error",)
-PROMPT_FORMATS = ("chat", "completion")
+FATAL_KINDS = ("not_served", "client_error")
+PROMPT_FORMATS = OPTIONS["prompt_format"].choices
 _KEEPALIVE_S = 4.0  # below the 5 s keep-alive of uvicorn (vLLM's server), so a pooled connection is not stale
 
 
@@ -86,47 +99,6 @@ class Completion:
     usage: Usage = Usage()
 
 
-def normalize_base_url(url: str, option: str = "--backend") -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``.
-
-    A query string is refused: the endpoint's path (``/chat/completions``) is appended to the base URL, so it would
-    land inside the query. So is user info: the client authenticates with a bearer key, and HTTP clients refuse to
-    send both. The message shows the URL without user info and query (they may hold keys).
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{option} {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1")
-    if parts.query:
-        raise ValueError(
-            f"{option} {public_url(url.strip())!r}: a base URL takes no query string (the client appends "
-            "/chat/completions or /completions to its path)"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            f"{option} {public_url(url.strip())!r}: a base URL takes no user:password@; the key is sent as a bearer "
-            "token from the environment variable the api-key-env option names"
-        )
-    path = parts.path.rstrip("/") or "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def split_urls(value: str, option: str = "--backend") -> list[str]:
-    """A comma-separated option value as a list of base URLs (at least one)."""
-    urls = [u.strip() for u in value.split(",") if u.strip()]
-    if not urls:
-        raise ValueError(f"{option}: at least one base URL is needed")
-    return urls
-
-
-def public_url(url: str) -> str:
-    """The URL without user info or query, safe to log and to use as a metrics label."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class _Failed(Exception):
     """One attempt failed with ``kind`` (one of FAILURE_KINDS)."""
 
@@ -139,13 +111,15 @@ class _Failed(Exception):
 class LLMClient:
     """Sample ``n`` completions for a prompt from the backends, scheduled and retried (see module docstring).
 
-    ``metrics``: optional, with ``observe_call(backend_label, outcome_kind, seconds)`` and a ``retries`` counter
+    ``base_urls``: a list, or one comma-separated string. The keywords are ``cdra_plugin.llm.options.OPTIONS``
+    (checked there: a bad value raises ``OptionError``) and ``metrics``: optional, with
+    ``observe_call(backend_label, outcome_kind, seconds)`` and a ``retries`` counter
     (``cdra_plugin.prm.metrics.Metrics`` has both).
     """
 
     def __init__(
         self,
-        base_urls: Sequence[str],
+        base_urls: str | Sequence[str],
         model: str,
         *,
         api_key: str | None = None,
@@ -163,17 +137,8 @@ class LLMClient:
         breaker_cooldown: float = 5.0,
         metrics=None,
     ):
-        if not base_urls:
-            raise ValueError("--backend: at least one base URL is needed")
-        if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"--prompt-format must be chat or completion, got {prompt_format!r}")
-        for name, value in (("--concurrency", concurrency), ("--max-tokens", max_tokens)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if timeout <= 0 or retries < 0 or backoff < 0 or backoff_max < 0:
-            raise ValueError("--timeout must be > 0 and --retries/--backoff/--backoff-max >= 0")
-        if temperature < 0 or retry_temperature <= 0:
-            raise ValueError("--temperature must be >= 0 and the retry temperature > 0")
+        check_options({key: value for key, value in locals().items() if key in OPTIONS})  # the option keywords
+        urls = parse_base_urls(base_urls)
         self.model = model
         self.prompt_format = prompt_format
         self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
@@ -188,7 +153,7 @@ class LLMClient:
         self._headers = {"Authorization": f"Bearer {api_key or 'EMPTY'}", "Content-Type": "application/json"}
         self._path = "/chat/completions" if prompt_format == "chat" else "/completions"
         self.dispatcher = Dispatcher(
-            [Backend(url, public_url(url)) for url in (normalize_base_url(u) for u in base_urls)],
+            [Backend(url, public_url(url)) for url in urls],
             concurrency,
             breaker_failures=breaker_failures,
             breaker_cooldown=breaker_cooldown,
@@ -202,8 +167,14 @@ class LLMClient:
 
     def backend_states(self) -> list[dict]:
         """Per backend: ``backend`` (label), ``state`` (closed / open / half_open), ``consecutive_failures``,
-        ``in_flight``."""
+        ``in_flight``, ``queued``, ``opened_by`` (the failure kind that last opened its breaker) and ``error`` (the
+        message of its last failure)."""
         return self.dispatcher.states()
+
+    def register_metrics(self, registry, prefix: str) -> None:
+        """Show the backends' state on the Prometheus ``registry``, as ``<prefix>_backend_*`` and
+        ``<prefix>_calls_in_flight`` (``cdra_plugin.llm.dispatch.BackendMetrics``)."""
+        registry.register(BackendMetrics(self.dispatcher, prefix))
 
     def redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -240,33 +211,37 @@ class LLMClient:
         session = self._http()
         priority = time.monotonic() if priority is None else priority
         params = {**self.sampling, **sampling}
-        backend = None
-        for attempt in range(self.retries + 1):
+        backend, retries, failovers = None, 0, 0
+        for attempts in itertools.count(1):
             backend = await self.dispatcher.acquire(priority, affinity, avoid=backend)
-            started = time.perf_counter()
-            kind = None
+            started = time.monotonic()
+            kind, message, retry_after = None, None, None
             try:
                 texts, usage = await self._request(session, backend, prompt, n, params)
                 kind = "ok"
             except _Failed as exc:
-                kind, message, retry_after = exc.kind, exc.args[0], exc.retry_after
+                kind, message, retry_after = exc.kind, self.redact(f"{backend.label}: {exc}"), exc.retry_after
             finally:
-                self.dispatcher.release(backend, kind)  # kind None: cancelled, the breaker learns nothing
+                self.dispatcher.release(backend, kind, started, message)  # kind None: cancelled, nothing learnt
             if kind == "ok":
                 reason = check(texts) if check else None
                 if reason is not None:
-                    kind, message, retry_after = "unparsable", reason, None
+                    kind, message = "unparsable", self.redact(f"{backend.label}: {reason}")
             if self.metrics is not None:
-                self.metrics.observe_call(backend.label, kind, time.perf_counter() - started)
+                self.metrics.observe_call(backend.label, kind, time.monotonic() - started)
             if kind == "ok":
-                return Completion(texts, attempt + 1, backend.label, usage)
-            if kind not in TRANSIENT_KINDS or attempt == self.retries:
-                raise LLMCallError(kind, self.redact(f"{backend.label}: {message}"), attempt + 1)
-            if kind == "unparsable" and not params.get("temperature"):
-                params["temperature"] = self.retry_temperature
+                return Completion(texts, attempts, backend.label, usage)
+            if kind == "not_served" and failovers < len(self.backends) - 1 and self.dispatcher.in_rotation():
+                failovers += 1  # another replica may serve the model: at once, without using a retry
+            elif kind not in TRANSIENT_KINDS or retries == self.retries:
+                raise LLMCallError(kind, message, attempts)
+            else:
+                if kind == "unparsable" and not params.get("temperature"):
+                    params["temperature"] = self.retry_temperature
+                await asyncio.sleep(self._delay(retries, retry_after))
+                retries += 1
             if self.metrics is not None:
                 self.metrics.retries.inc()
-            await asyncio.sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _request(
@@ -299,7 +274,8 @@ class LLMClient:
         return min(self.backoff_max, max(delay, retry_after or 0.0))
 
     async def health(self, timeout: float = 5.0) -> list[dict]:
-        """One entry per backend: reachable (GET /v1/models), serving ``model``, and its breaker ``state``."""
+        """One entry per backend: ``ok`` when it is reachable (GET /v1/models), serves ``model`` and is in rotation
+        (its breaker ``state`` closed); else ``error`` says why."""
         session = self._http()
         return list(await asyncio.gather(*(self._probe(session, b, timeout) for b in self.backends)))
 
@@ -315,9 +291,12 @@ class LLMClient:
         except Exception as exc:  # any failure makes the backend unhealthy; the reason is reported
             entry["error"] = self.redact(f"{type(exc).__name__}: {exc}")
             return entry
-        entry["ok"] = self.model in served
-        if not entry["ok"]:
+        if self.model not in served:
             entry["error"] = f"model {self.model!r} is not served there (served: {served[:10]})"
+        elif backend.state != "closed":  # it answers /models, but its calls failed (a hung engine, 5xx, 404)
+            entry["error"] = f"out of rotation (breaker {backend.state}) after {backend.opened_by}: {backend.error}"
+        else:
+            entry["ok"] = True
         return entry
 
     async def aclose(self) -> None:
@@ -331,6 +310,8 @@ def _status_failure(status: int, raw: bytes, headers) -> _Failed:
         return _Failed("rate_limited", message, _retry_after(headers))
     if status >= 500 or status == 408:
         return _Failed("server_error", message)
+    if status in (401, 403, 404):  # this replica cannot serve the model (name, key, path); another one may
+        return _Failed("not_served", message)
     return _Failed("client_error", message)
 
 
@@ -342,7 +323,7 @@ def _error_message(raw: bytes) -> str:
         message = error.get("message") or error.get("detail") if isinstance(error, dict) else error
         if isinstance(message, str):
             return message[:500]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return raw[:200].decode("utf-8", "replace")
 
@@ -353,6 +334,8 @@ def _parse_answer(raw: bytes, n: int, field: str, path: str) -> tuple[list[str],
         data = json.loads(raw)
     except ValueError as exc:  # includes cut-short JSON and invalid UTF-8
         raise _Failed("bad_response", f"the answer of {path} is not valid JSON ({exc})") from None
+    except RecursionError:  # arrays or objects nested past the interpreter's recursion limit
+        raise _Failed("bad_response", f"the answer of {path} is JSON nested too deeply to read") from None
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or len(choices) != n:
         got = f"{len(choices)} choice(s)" if isinstance(choices, list) else "no choices list"
@@ -384,13 +367,13 @@ def _retry_after(headers) -> float | None:
         return None
 
 
-def api_key_from_env(var: str | None, option: str = "--api-key-env") -> str | None:
-    """The secret in environment variable ``var`` (None when no variable is named); never echoed in errors."""
-    if var is None:
-        return None
-    import os
+def connect(urls: str | Sequence[str], model: str, option: str = "--backend", **client_kwargs) -> LLMClient:
+    """An ``LLMClient`` for base URL(s) ``urls`` (comma-separated, or a list); a bad URL is an error naming ``option``.
 
-    value = os.environ.get(var)
-    if not value:
-        raise ValueError(f"{option} {var}: the environment variable {var} is not set or empty")
-    return value
+    ``client_kwargs`` are ``LLMClient``'s keywords (``temperature``, ``concurrency``, ``api_key`` (the key itself),
+    ...): the Python API of ``cdra eval`` passes its callers' keywords through here.
+    """
+    try:
+        return LLMClient(urls, model, **client_kwargs)
+    except OptionError as exc:
+        raise exc.named(option) if exc.key == "urls" else exc from None

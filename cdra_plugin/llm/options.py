@@ -1,9 +1,11 @@
-"""The command-line options of an LLM endpoint, declared once, and the ``LLMClient`` built from them.
+"""The options of an LLM endpoint, declared and checked in one place: base URLs, API key, sampling, scheduling.
 
+``LLMClient`` (``cdra_plugin.llm.client``) checks its keywords here (``check``), whoever builds it: a command,
+the Python API (``connect``), a benchmark; a command checks them first, to name a bad one as its user typed it.
 ``cdra prm serve|score`` (the PRM), ``cdra eval generate`` (the model under evaluation), ``cdra eval judge`` (the
-judge) and ``cdra build`` (generator and evaluator) each call OpenAI-compatible endpoints through
-``cdra_plugin.llm.LLMClient``. Each command keeps the option names its users know; an ``Endpoint`` says what they are,
-and the types, defaults, help texts and checks of the client options (``OPTIONS``) are written here once:
+judge) and ``cdra build`` (generator and evaluator) each keep the option names their users know; an ``Endpoint``
+says what they are, and the types, defaults, help texts and rules of the client options (``OPTIONS``) are written
+here once:
 
     PRM = Endpoint("--backend", "--model", "the PRM", names={"max_tokens": "--max-critique-tokens"})
     JUDGE = Endpoint("--judge", "--judge-model", "the judge")
@@ -11,19 +13,28 @@ and the types, defaults, help texts and checks of the client options (``OPTIONS`
 
     PRM.add_endpoint(group)                                     # --backend URL[,URL...] --model NAME (required)
     PRM.add_options(group, ("api_key", "timeout"), timeout=45.0)  # a command's own defaults where they differ
-    client = PRM.client(args, metrics=metrics)                  # ValueError naming the option of a bad value
+    client = PRM.client(args, metrics=metrics)                  # OptionError naming the option as the user typed it
 
 An ``own`` option is spelt after the endpoint's URL option (``--generator-temperature``), for a command with two
 endpoints; the others keep their plain name (``--timeout``) and are shared by the command's endpoints. The API key
-comes from the environment variable that ``--api-key-env`` names and never appears in an error. The client's
-module (``aiohttp``) is imported only when a client is built, so ``--help`` stays instant.
+comes from the environment variable that ``--api-key-env`` names and never appears in an error. Nothing here imports
+the client's HTTP stack, so ``--help`` stays instant.
+
+The same check for a shell script (a recipe), one ``KEY:NAME=VALUE`` per value (``urls`` for base URLs; ``api_key``
+takes the name of an environment variable, empty for none); silent with status 0 when all are fine, else one line
+naming NAME and status 2:
+
+    python -m cdra_plugin.llm.options "urls:GENERATOR_URL=$GENERATOR_URL" "concurrency:GENERATOR_CONCURRENCY=64"
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from cdra_plugin.llm.client import LLMClient
@@ -66,22 +77,87 @@ OPTIONS = {
     "retries": Option("retries", int, 3, "retries of a failed call or an unusable answer", "N", ">= 0"),
     "backoff": Option("backoff", float, 0.5, "base of the exponential backoff, s", "S", ">= 0"),
     "backoff_max": Option("backoff-max", float, 8.0, "cap of one backoff wait, s", "S", ">= 0"),
+    "retry_temperature": Option("retry-temperature", float, 0.7, "sampling temperature of a retry after an unusable "
+                                "answer when the temperature is 0 (a greedy model would repeat it)", "T", "> 0"),
+    "breaker_failures": Option("breaker-failures", int, 3, "consecutive failures of a base URL (no connection, 5xx, "
+                               "a broken answer; timeouts while other URLs answer) that take it out of rotation; "
+                               "a 401/403/404 takes it out at once", "N", ">= 1"),
+    "breaker_cooldown": Option("breaker-cooldown", float, 5.0, "seconds until a base URL out of rotation is tried "
+                               "again with one call (back in rotation when it answers)", "S", "> 0"),
 }
 # fmt: on
 
 
-def connect(urls: str | Sequence[str], model: str, option: str = "--backend", **client_kwargs) -> LLMClient:
-    """An ``LLMClient`` for base URL(s) ``urls`` (comma-separated, or a list); a bad URL is an error naming ``option``.
+class OptionError(ValueError):
+    """A bad value of the ``LLMClient`` keyword ``key`` (or ``urls``); the message names it as ``option``."""
 
-    ``client_kwargs`` are ``LLMClient``'s keywords (``temperature``, ``concurrency``, ``api_key`` (the key itself),
-    ...): the Python API of ``cdra eval`` passes its callers' keywords through here.
-    """
-    from cdra_plugin.llm.client import LLMClient, normalize_base_url, split_urls
+    def __init__(self, key: str, problem: str, option: str | None = None):
+        self.key, self.problem = key, problem
+        self.option = option or ("--backend" if key == "urls" else f"--{OPTIONS[key].flag}")
+        super().__init__(self.option + problem)
 
-    urls = split_urls(urls, option) if isinstance(urls, str) else list(urls)
+    def named(self, option: str) -> OptionError:
+        """The same error, naming the value as ``option`` (the spelling the user typed)."""
+        return OptionError(self.key, self.problem, option)
+
+
+def check(values: Mapping[str, object]) -> None:
+    """Raise ``OptionError`` for the first of ``values`` (``LLMClient`` keywords) that breaks its option's rule."""
+    for key, value in values.items():
+        spec = OPTIONS[key]
+        if spec.choices is not None and value not in spec.choices:
+            raise OptionError(key, f" must be one of {', '.join(spec.choices)}, got {value!r}")
+        if spec.rule is not None and not RULES[spec.rule](value):
+            raise OptionError(key, f" must be {spec.rule}, got {value}")
+
+
+def parse_base_urls(urls: str | Sequence[str], option: str = "--backend") -> list[str]:
+    """Base URL(s) (comma-separated, or a list), each normalised (``normalize_base_url``); at least one."""
+    urls = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
+    urls = [u for u in urls if u]
     if not urls:
-        raise ValueError(f"{option}: at least one base URL is needed")
-    return LLMClient([normalize_base_url(url, option) for url in urls], model, **client_kwargs)
+        raise OptionError("urls", ": at least one base URL is needed", option)
+    return [normalize_base_url(url, option) for url in urls]
+
+
+def normalize_base_url(url: str, option: str = "--backend") -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; rejects what is not an http(s) URL, naming ``option``.
+
+    A query string is refused: the endpoint's path (``/chat/completions``) is appended to the base URL, so it would
+    land inside the query. So is user info: the client authenticates with a bearer key, and HTTP clients refuse to
+    send both. The message shows the URL without user info and query (they may hold keys).
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise OptionError("urls", f" {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000/v1", option)
+    shown = repr(public_url(url.strip()))
+    if parts.query:
+        raise OptionError("urls", f" {shown}: a base URL takes no query string (the client appends "
+                          "/chat/completions or /completions to its path)", option)  # fmt: skip
+    if parts.username is not None or parts.password is not None:
+        raise OptionError("urls", f" {shown}: a base URL takes no user:password@; the key is sent as a bearer "
+                          "token from the environment variable the api-key-env option names", option)  # fmt: skip
+    path = parts.path.rstrip("/") or "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def public_url(url: str) -> str:
+    """The URL without user info or query, safe to log and to use as a metrics label."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def api_key_from_env(var: str | None, option: str = "--api-key-env") -> str | None:
+    """The secret in environment variable ``var`` (None when no variable is named); never echoed in errors."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise OptionError("api_key", f" {var}: the environment variable {var} is not set or empty", option)
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,7 +171,9 @@ class Endpoint:
     names: Mapping[str, str] = field(default_factory=dict)  # other spellings: {"max_tokens": "--max-critique-tokens"}
 
     def option(self, key: str) -> str:
-        """The command-line spelling of the ``LLMClient`` keyword ``key`` for this endpoint."""
+        """The command-line spelling of the ``LLMClient`` keyword ``key`` (or ``urls``) for this endpoint."""
+        if key == "urls":
+            return self.urls
         if key in self.names:
             return self.names[key]
         return f"{self.urls}-{OPTIONS[key].flag}" if key in self.own else f"--{OPTIONS[key].flag}"
@@ -122,24 +200,25 @@ class Endpoint:
                                choices=spec.choices, help=text)  # fmt: skip
 
     def client_kwargs(self, args, **overrides) -> dict:
-        """``LLMClient`` keywords from the options the command declared, then ``overrides``; each value checked.
+        """``LLMClient`` keywords from the options the command declared, then ``overrides``, checked (``check``; an
+        ``OptionError`` names the option as this command spells it).
 
         A value of ``None`` (an option not given and without a default) is left to ``LLMClient``'s default. The
         ``api_key`` option names an environment variable: the key is read from it.
         """
-        from cdra_plugin.llm.client import api_key_from_env
-
         kwargs = {key: getattr(args, _dest(self.option(key)), None) for key in OPTIONS}
         kwargs["api_key"] = api_key_from_env(kwargs["api_key"], self.option("api_key"))
         kwargs = {key: value for key, value in {**kwargs, **overrides}.items() if value is not None}
-        for key, value in kwargs.items():
-            spec = OPTIONS.get(key)
-            if spec is not None and spec.rule is not None and not RULES[spec.rule](value):
-                raise ValueError(f"{self.option(key)} must be {spec.rule}, got {value}")
+        try:
+            check({key: value for key, value in kwargs.items() if key in OPTIONS})
+        except OptionError as exc:
+            raise exc.named(self.option(exc.key)) from None
         return kwargs
 
     def client(self, args, **overrides) -> LLMClient:
         """The ``LLMClient`` the parsed ``args`` describe (``overrides``: ``LLMClient`` keywords that win)."""
+        from cdra_plugin.llm.client import connect
+
         urls, model = getattr(args, _dest(self.urls)), getattr(args, _dest(self.model))
         return connect(urls, model, self.urls, **self.client_kwargs(args, **overrides))
 
@@ -147,3 +226,43 @@ class Endpoint:
 def _dest(option: str) -> str:
     """The attribute argparse stores ``option`` under."""
     return option.lstrip("-").replace("-", "_")
+
+
+def check_text(key: str, name: str, text: str) -> None:
+    """``text`` (a shell variable ``name``'s value) as the value of ``key``: ``OptionError`` naming ``name``."""
+    if key == "urls":
+        parse_base_urls(text, name)
+    elif key == "api_key":
+        api_key_from_env(text or None, name)
+    elif key not in OPTIONS:
+        raise ValueError(f"{name}: unknown key {key!r}; expected urls or one of {', '.join(OPTIONS)}")
+    else:
+        spec = OPTIONS[key]
+        try:
+            value = spec.type(text)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(spec.type, "a value")
+            raise OptionError(key, f"={text}: expected {kind}", name) from None
+        try:
+            check({key: value})
+        except OptionError as exc:
+            raise exc.named(name) from None
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m cdra_plugin.llm.options KEY:NAME=VALUE ...`` (module docstring)."""
+    for item in argv:
+        spec, sep, text = item.partition("=")
+        key, colon, name = spec.partition(":")
+        try:
+            if not (sep and colon and name):
+                raise ValueError(f"{item!r}: expected KEY:NAME=VALUE, e.g. timeout:TIMEOUT=60")
+            check_text(key, name, text)
+        except ValueError as exc:
+            print(exc)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -81,7 +81,7 @@ def _log_setup(gateway) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cdra_plugin.llm.client import api_key_from_env
+    from cdra_plugin.llm.options import api_key_from_env
     from cdra_plugin.prm.gateway import Gateway
     from cdra_plugin.prm.server import bind, connection_cap, create_app, serve
 

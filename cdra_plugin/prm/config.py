@@ -8,7 +8,7 @@ check, and every limit a client meets.
 in ``__post_init__`` (a ``ValueError`` names the option):
 
     config = GatewayConfig(backend="http://127.0.0.1:8000/v1", model="pers-genprm", failure_policy="drop",
-                           client_options={"timeout": 30.0, "retries": 2})  # LLMClient keywords (llm.options.connect)
+                           client_options={"timeout": 30.0, "retries": 2})  # LLMClient keywords (llm.client.connect)
     gateway = Gateway(config)                                   # cdra_plugin.prm.gateway
     app = create_app(gateway, auth_token=token)                 # cdra_plugin.prm.server
 
@@ -168,7 +168,8 @@ class GatewayConfig:
         backend = parser.add_argument_group("PRM backend")
         PRM.add_endpoint(backend, "; vLLM/SGLang replicas or a hosted API")
         PRM.add_options(backend, ("api_key", "prompt_format", "concurrency", "timeout", "retries", "backoff",
-                                  "backoff_max", "temperature", "top_p", "max_tokens"),
+                                  "backoff_max", "breaker_failures", "breaker_cooldown", "temperature", "top_p",
+                                  "max_tokens", "retry_temperature"),
                         **CLIENT_DEFAULTS, temperature=None,
                         helps={"temperature": "sampling temperature (default 0 for k=1, else 1)",
                                "max_tokens": "length limit of one critique, in tokens"})  # fmt: skip

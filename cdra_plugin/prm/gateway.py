@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cdra_plugin.llm.options import connect
+from cdra_plugin.llm.client import connect
 from cdra_plugin.prm.cache import ResultCache, content_key
 from cdra_plugin.prm.config import GatewayConfig
 from cdra_plugin.prm.metrics import Metrics
@@ -63,11 +63,9 @@ class Gateway:
             metrics=self.metrics,
         )
         self.cache = ResultCache(cache_bytes, SampleResult.nbytes, self.metrics)
-        self.metrics.in_flight.set_function(lambda: sum(b.in_flight for b in client.backends))
+        client.register_metrics(self.metrics.registry, "cdra_prm")  # calls in flight, each backend's breaker state
         self.metrics.cache_bytes.set_function(lambda: self.cache.nbytes)
         self.metrics.step_cache_bytes.set_function(lambda: step_cache.nbytes)
-        for backend in client.backends:  # breaker state per backend: 0 closed, 1 open or half-open (probing)
-            self.metrics.backend_open.labels(backend.label).set_function(lambda b=backend: float(b.state != "closed"))
 
     @property
     def width(self) -> int:

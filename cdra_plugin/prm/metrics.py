@@ -4,11 +4,11 @@ Counters: HTTP requests by endpoint and status (``disconnected`` for a client go
 PRM calls by backend and outcome, retries, steps still failed after the retries by failure kind, samples by outcome
 (ok / dropped / failed / fallback), empty responses (scored -1 without a PRM call), steps the degenerate-step
 guard scored -1 without a PRM call (by reason: repeated / non_letters), cache lookups (hit / miss / shared
-in-flight), client connections closed to stay under --max-connections. Gauges: PRM calls in flight, cache size in
-bytes, each backend's circuit breaker (1 while it is out of rotation). Histograms: PRM call latency, sample scoring
-latency, HTTP request latency by endpoint. Streaming step scoring (``cdra_plugin.prm.step_cache``): steps asked for
-by early and final calls and how they were found, steps early calls scored or failed, the step cache's bytes, and the
-wait from a sample's last token to its reward.
+in-flight), client connections closed to stay under --max-connections. Gauges: cache size in bytes. Histograms: PRM
+call latency, sample scoring latency, HTTP request latency by endpoint. Streaming step scoring
+(``cdra_plugin.prm.step_cache``): steps asked for by early and final calls and how they were found, steps early
+calls scored or failed, the step cache's bytes, and the wait from a sample's last token to its reward. The PRM
+client adds its backends' state (calls in flight, circuit breakers: ``cdra_plugin.llm.dispatch.BackendMetrics``).
 Labels never carry secrets: backends appear as ``public_url`` (no user info, no query).
 """
 
@@ -54,7 +54,6 @@ class Metrics:
         )
         self.cache = Counter("cdra_prm_cache_lookups", "Result cache lookups", ["result"], registry=r)
         self.cache_bytes = Gauge("cdra_prm_cache_bytes", "Estimated bytes held by the result cache", registry=r)
-        self.in_flight = Gauge("cdra_prm_calls_in_flight", "PRM calls in flight", registry=r)
         # streaming step scoring (cdra_plugin.prm.step_cache, POST /score_prefix)
         self.step_lookups = Counter(
             "cdra_prm_step_lookups",
@@ -72,12 +71,6 @@ class Metrics:
             "cdra_prm_reward_wait_seconds",
             "From a sample's /get_reward arriving (its last token: OpenRLHF posts it then) to its reward",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.backend_open = Gauge(
-            "cdra_prm_backend_open",
-            "1 while a backend's circuit breaker keeps it out of rotation",
-            ["backend"],
             registry=r,
         )
 

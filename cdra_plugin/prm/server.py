@@ -252,12 +252,17 @@ def create_app(gateway: Gateway, *, auth_token: str | None = None, probe_backend
 
 
 async def _probe_backends(gateway: Gateway) -> None:
+    dispatcher = gateway.scorer.client.dispatcher
+    what = (
+        f"a call that fails there is retried on another backend; {dispatcher.breaker_failures} failures in a row (a "
+        f"401/403/404 at once) take it out of rotation, and one call every {dispatcher.breaker_cooldown:g} s tries it "
+        "again until it answers" if len(dispatcher.backends) > 1 else "it is the only backend: calls fail until it "
+        "answers"
+    )  # fmt: skip
     for backend in (await gateway.health())["backends"]:
         if not backend["ok"]:
-            logger.warning(
-                "backend %s is not usable now (%s); serving anyway, calls to it fail and are retried elsewhere "
-                "until it answers (GET /health shows its state)", backend["backend"], backend.get("error"),
-            )  # fmt: skip
+            logger.warning("backend %s is not usable now (%s); serving anyway: %s (GET /health shows its state)",
+                           backend["backend"], backend.get("error"), what)  # fmt: skip
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -29,7 +29,7 @@ import httpx
 import torch
 
 from cdra_plugin.cdpa.carrier import StepScores, decode_step_scores
-from cdra_plugin.llm.client import public_url
+from cdra_plugin.llm.options import public_url
 
 
 class GatewayBatch(NamedTuple):
