@@ -1,5 +1,6 @@
 """LLM endpoint options declared once (``cdra_plugin.llm.options``): every command keeps its option names, each value
-reaches the client of its endpoint, and a bad value is an error naming the option the user typed."""
+reaches the client of its endpoint, and a bad value is an error naming the option the user typed (or, for a script,
+the variable it holds)."""
 
 import asyncio
 
@@ -9,7 +10,8 @@ from cdra_plugin.cli import build_parser
 from cdra_plugin.construct.cli import EVALUATOR, GENERATOR
 from cdra_plugin.eval.cli import JUDGE, POLICY
 from cdra_plugin.llm import client as llm
-from cdra_plugin.llm.options import OPTIONS
+from cdra_plugin.llm.options import OPTIONS, OptionError
+from cdra_plugin.llm.options import main as options_main
 from cdra_plugin.prm.config import PRM
 from cdra_plugin.stub import ScriptedLLM
 
@@ -118,3 +120,53 @@ def test_the_declarations_match_the_client():
     assert PRM.option("max_tokens") == "--max-critique-tokens" and JUDGE.option("api_key") == "--api-key-env"
     with pytest.raises(TypeError, match="not in keys"):
         PRM.add_options(None, ("timeout",), retries=1)
+
+
+@pytest.mark.parametrize("argv, endpoint", [(EVERY_OPTION["prm serve"][0], PRM), (JUDGE_ARGV, JUDGE)])
+def test_the_breaker_and_retry_temperature_options_reach_the_client(argv, endpoint, monkeypatch):
+    monkeypatch.setenv("K", "sk-test")
+    extra = ["--breaker-failures", "5", "--breaker-cooldown", "2.5", "--retry-temperature", "0.9"]
+    client = endpoint.client(build_parser().parse_args([*argv, *extra]))
+    assert (client.dispatcher.breaker_failures, client.dispatcher.breaker_cooldown) == (5, 2.5)
+    assert client.retry_temperature == 0.9
+
+
+def test_the_client_checks_its_keywords_in_one_place_whoever_builds_it():
+    for keywords, message in [
+        ({"concurrency": 0}, "--concurrency must be >= 1, got 0"),
+        ({"breaker_cooldown": 0}, "--breaker-cooldown must be > 0, got 0"),
+        ({"retry_temperature": 0.0}, "--retry-temperature must be > 0, got 0.0"),
+        ({"prompt_format": "xml"}, "--prompt-format must be one of chat, completion, got 'xml'"),
+    ]:
+        with pytest.raises(OptionError) as error:
+            llm.LLMClient(URL, "m", **keywords)
+        assert str(error.value) == message
+    with pytest.raises(OptionError, match=r"^--judge 'ftp://h': expected an http\(s\) base URL"):
+        llm.connect("ftp://h", "m", "--judge")
+    assert [b.url for b in llm.connect(f" {URL}, http://h:8001 ", "m").backends] == [URL, "http://h:8001/v1"]
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["timeout:TIMEOUT=0"], "TIMEOUT must be > 0, got 0.0"),
+        (["concurrency:GEN_CONCURRENCY=8x"], "GEN_CONCURRENCY=8x: expected a whole number"),
+        (["urls:JUDGE_URL=http://h:1/v1,h:8000"], "JUDGE_URL 'h:8000': expected an http(s) base URL such as"),
+        (["api_key:KEY_ENV=CDRA_UNSET_X"], "KEY_ENV CDRA_UNSET_X: the environment variable CDRA_UNSET_X is not set"),
+        (["timeout=3"], "'timeout=3': expected KEY:NAME=VALUE, e.g. timeout:TIMEOUT=60"),
+        (["seed:SEED=1"], "SEED: unknown key 'seed'; expected urls or one of api_key, prompt_format"),
+    ],
+)
+def test_a_script_checks_its_values_with_the_same_rules(args, line, capsys, monkeypatch):
+    monkeypatch.delenv("CDRA_UNSET_X", raising=False)
+    assert options_main(args) == 2
+    assert capsys.readouterr().out.startswith(line)
+
+
+def test_the_script_form_is_silent_when_every_value_is_fine():
+    import subprocess
+    import sys
+
+    values = ["urls:URL=http://127.0.0.1:8000/v1,http://h:8001", "concurrency:C=064", "timeout:T=1e2", "api_key:K="]
+    done = subprocess.run([sys.executable, "-m", "cdra_plugin.llm.options", *values], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

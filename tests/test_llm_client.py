@@ -163,6 +163,8 @@ GOOD = completion_json(score_text(0.5))
         (Raw.body(b'{"choices": {"0": "x"}}'), "bad_response"),
         (Raw.body(b"[1, 2]"), "bad_response"),
         (Raw.body(b"null"), "bad_response"),
+        (Raw.body(b"[" * 100_000 + b"]" * 100_000), "bad_response"),  # nested past any recursion limit
+        (Raw.body(b'{"error": ' * 100_000 + b"1" + b"}" * 100_000, status=500), "server_error"),
         (Raw.body(b'{"error": "gone"}', status=503), "server_error"),
         (Raw.cut(GOOD), "connection"),  # the connection closes halfway through the body
         (Raw.close(), "connection"),  # no answer at all
