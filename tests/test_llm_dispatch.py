@@ -3,8 +3,9 @@ keep theirs), prefix-cache affinity that never overloads a backend (cdra_plugin.
 
 import asyncio
 import random
-import socket
 import time
+
+from llm_helpers import dead_url, state_of, until
 
 from cdra_plugin.llm.client import LLMClient
 from cdra_plugin.llm.dispatch import Backend, Dispatcher
@@ -13,24 +14,12 @@ from cdra_plugin.stub import Fault, ScriptedLLM
 FAST = {"timeout": 2.0, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 
 
-def dead_url() -> str:
-    """A loopback URL where nothing listens (connections are refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 async def gather_samples(client, calls):
     """``calls``: (prompt, kwargs) pairs, all issued at once; exceptions are returned, not raised."""
     try:
         return await asyncio.gather(*(client.sample(p, **kw) for p, kw in calls), return_exceptions=True)
     finally:
         await client.aclose()
-
-
-def state_of(client, url) -> dict:
-    return next(s for s in client.backend_states() if s["backend"] == url)
 
 
 def test_with_one_of_two_backends_dead_at_least_99_percent_of_calls_succeed():
@@ -62,8 +51,9 @@ def test_the_breaker_opens_after_consecutive_connection_failures_and_a_probe_clo
             assert len(live.requests) - served_while_open == 6  # none tried the open backend
             health = await client.health(timeout=1.0)
             with ScriptedLLM(port=port) as revived:  # the backend comes back on its address
-                await asyncio.sleep(0.35)  # past the cool-down: the next call is a probe
+                await asyncio.sleep(0.35)  # past the cool-down: the next call makes the client probe it
                 await asyncio.gather(*(client.sample(f"c{i}") for i in range(4)))
+                await until(lambda: state_of(client, down)["state"] == "closed")
                 closed = state_of(client, down)
                 await asyncio.gather(*(client.sample(f"d{i}") for i in range(8)))
                 revived_calls = len(revived.requests)
@@ -77,22 +67,24 @@ def test_the_breaker_opens_after_consecutive_connection_failures_and_a_probe_clo
     assert revived_calls >= 4  # back in rotation
 
 
-def test_a_half_open_backend_gets_one_probe_and_a_failed_probe_opens_it_again():
+def test_a_half_open_backend_gets_one_probe_of_the_clients_own_and_a_failed_probe_opens_it_again():
     dead = dead_url()
     with ScriptedLLM(latency=0.05) as live:
         client = LLMClient([dead, live.base_url], "scripted-prm", breaker_failures=1, breaker_cooldown=0.2, **FAST)
+        [backend] = [b for b in client.backends if b.url == dead]
 
         async def scenario():
             await client.sample("first")  # fails on the dead backend (opens its breaker), retried on the live one
             await asyncio.sleep(0.25)
             results = await asyncio.gather(*(client.sample(f"p{i}") for i in range(10)))
+            await until(lambda: backend.state == "open")  # the probe failed
             await client.aclose()
             return results
 
         results = asyncio.run(scenario())
     assert all(r.backend == live.base_url for r in results)
-    assert sum(r.attempts for r in results) == 11  # one call probed the dead backend (and was retried); only one
-    assert state_of(client, dead)["state"] == "open"
+    assert sum(r.attempts for r in results) == 10  # no caller's call was sent to the half-open backend
+    assert backend.opens == {"connection": 2}  # opened by the first call, then again by the one probe
 
 
 def test_waiting_calls_are_served_by_priority_so_no_response_waits_behind_a_later_ones_steps():

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from hostile import HostileLLM, Raw
+from llm_helpers import state_of, until
 from prm_helpers import reward_body, serving
 
 from cdra_plugin.cli import main
@@ -20,10 +21,6 @@ from cdra_plugin.stub import Fault, ScriptedLLM, prm_step_judge, score_text
 FAST = {"timeout": 2.0, "retries": 2, "backoff": 0.001, "backoff_max": 0.005}
 NOT_SERVED = "The model `scripted-prm` does not exist."
 NESTED = b"[" * 100_000 + b"]" * 100_000  # past any recursion limit of a JSON parser
-
-
-def state_of(client, url) -> dict:
-    return next(s for s in client.backend_states() if s["backend"] == url)
 
 
 async def sample_all(client, prompts, **kwargs):
@@ -92,8 +89,9 @@ def test_a_hung_replica_is_taken_out_probed_and_given_back_when_it_answers():
             second = await asyncio.gather(*(client.sample(f"b{i}") for i in range(40)))
             during = len(sick.requests) - wave
             hanging.clear()  # the replica recovers
-            await asyncio.sleep(2.1)  # past the cool-down: the next call probes it
-            await client.sample("probe")
+            await asyncio.sleep(2.1)  # past the cool-down: the next call makes the client probe it
+            await client.sample("d")
+            await until(lambda: state_of(client, sick.base_url)["state"] == "closed")
             closed = state_of(client, sick.base_url)
             await asyncio.gather(*(client.sample(f"c{i}") for i in range(40)))
             await client.aclose()

@@ -13,7 +13,8 @@ training run needs:
 - a circuit breaker per backend takes a replica that cannot serve out of rotation: ``breaker_failures``
   consecutive failures (no connection, 5xx, a broken answer, or timeouts while the other replicas answer: a hung
   replica), or at once a 401/403/404 (``not_served``: a mis-set ``--served-model-name``, a missing key); after
-  ``breaker_cooldown`` seconds one probe call is let through (half open) and closes it again if it answers;
+  ``breaker_cooldown`` seconds the client probes it (half open) with a call of its own (``max_tokens`` 1, so no
+  caller's call waits on a replica that may hang) and puts it back in rotation if it answers;
 - ``timeout`` is a deadline for the whole call (connect, send, the complete answer), not for each read;
 - retries with exponential backoff and full jitter for transient faults (connection errors, timeouts, 429, 5xx, an
   answer the caller rejects, e.g. one without a parsable score, an answer that is not the expected JSON); a retry
@@ -160,6 +161,7 @@ class LLMClient:
         )
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probes: set[asyncio.Task] = set()  # held here: the event loop keeps only weak references to tasks
 
     @property
     def backends(self) -> list[Backend]:
@@ -213,6 +215,7 @@ class LLMClient:
         params = {**self.sampling, **sampling}
         backend, retries, failovers = None, 0, 0
         for attempts in itertools.count(1):
+            self._start_probes(session)
             backend = await self.dispatcher.acquire(priority, affinity, avoid=backend)
             started = time.monotonic()
             kind, message, retry_after = None, None, None
@@ -269,6 +272,21 @@ class LLMClient:
             raise _status_failure(status, raw, headers)
         return _parse_answer(raw, n, "message" if self.prompt_format == "chat" else "text", self._path)
 
+    def _start_probes(self, session: aiohttp.ClientSession) -> None:
+        for backend in self.dispatcher.due_probes():
+            task = asyncio.ensure_future(self._probe_call(session, backend))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _probe_call(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        """One call of the client's own to a backend out of rotation; the breaker closes if it answers."""
+        started, kind, message = time.monotonic(), "ok", None
+        try:
+            await self._request(session, backend, "ping", 1, {**self.sampling, "max_tokens": 1})
+        except _Failed as exc:
+            kind, message = exc.kind, self.redact(f"{backend.label}: {exc}")
+        self.dispatcher.probed(backend, kind, started, message)
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = random.uniform(0.0, min(self.backoff_max, self.backoff * 2**attempt))
         return min(self.backoff_max, max(delay, retry_after or 0.0))
@@ -300,6 +318,8 @@ class LLMClient:
         return entry
 
     async def aclose(self) -> None:
+        for task in list(self._probes):
+            task.cancel()
         if self._session is not None and not self._session.closed:
             await self._session.close()
 

@@ -21,9 +21,10 @@ OpenRLHF posts each sample to the remote RM right after generating it):
   ``breaker_failures`` consecutive failures open its breaker (no connection, a 5xx, a broken answer; a timeout only
   while the backend answered nothing since that call began and another backend did: a hung replica, not a slow
   fleet), and a 401/403/404 opens it at once (``not_served``: it cannot serve this model). Any answer, even one the
-  caller rejects, a 400 or a 429, resets the count. After ``breaker_cooldown`` seconds it is half open: one probe
-  call at a time; an answer closes the breaker, a failure opens it again. When every backend is open, calls go to
-  the one open longest (a probe each), so they fail fast and are counted instead of waiting.
+  caller rejects, a 400 or a 429, resets the count. After ``breaker_cooldown`` seconds it is half open: the client
+  sends it a probe of its own (``due_probes``, ``probed``), never a caller's call, which a hung replica would hold
+  for a whole timeout; an answer closes the breaker, a failure opens it again. When no backend is in rotation,
+  calls go to the one out longest, so they fail fast and are counted instead of waiting.
 - **Retries elsewhere.** A retry passes the backend that just failed it as ``avoid``: it is queued elsewhere, and
   that backend never takes it from another queue while any other backend is in rotation.
 - **Metrics.** ``BackendMetrics`` shows all of this to Prometheus at scrape time (``LLMClient.register_metrics``).
@@ -107,10 +108,12 @@ class Dispatcher:
         self._turn = itertools.count()  # rotates the order in which equally loaded backends are tried
 
     def reset(self) -> None:
-        """Forget calls of an event loop that is gone (breaker states are kept)."""
+        """Forget calls and probes of an event loop that is gone (breaker states are kept)."""
         for backend in self.backends:
             backend.in_flight = 0
             backend.queue.clear()
+            if backend.state == "half_open":  # its probe is gone: probe it again
+                backend.state = "open"
 
     def states(self) -> list[dict]:
         return [
@@ -120,9 +123,22 @@ class Dispatcher:
         ]  # fmt: skip
 
     def in_rotation(self) -> bool:
-        """Whether some backend's breaker is not open (closed, or half open for a probe)."""
-        self._refresh()
-        return any(b.state != "open" for b in self.backends)
+        """Whether some backend's breaker is closed."""
+        return any(b.state == "closed" for b in self.backends)
+
+    def due_probes(self) -> list[Backend]:
+        """The backends whose breaker's cool-down has passed: half open from now on, for the caller to probe once and
+        report with ``probed``."""
+        now = time.monotonic()
+        due = [b for b in self.backends if b.state == "open" and now - b.opened_at >= self.breaker_cooldown]
+        for backend in due:
+            backend.state = "half_open"
+        return due
+
+    def probed(self, backend: Backend, outcome: str, started: float, error: str | None = None) -> None:
+        """The probe of ``backend`` ended with ``outcome``: an answer closes its breaker, a failure opens it again."""
+        self._learn(backend, outcome, started, error)
+        self._grant()
 
     async def acquire(self, priority: float, affinity: Hashable | None = None, avoid: Backend | None = None):
         """A backend with a slot for this call (counted in flight until ``release``); waits in priority order.
@@ -148,12 +164,8 @@ class Dispatcher:
 
     def assign(self, affinity: Hashable | None, avoid: Backend | None) -> Backend:
         """The backend whose queue a new call joins (see module docstring)."""
-        self._refresh()
-        for backend in self.backends:
-            if backend.state == "half_open" and backend.load == 0 and backend is not avoid:
-                return backend  # the probe
         healthy = [b for b in self.backends if b.state == "closed"]
-        if not healthy:  # every breaker open or probing: the one open longest takes the call
+        if not healthy:  # none in rotation: the one out longest takes the call
             return min(self.backends, key=lambda b: b.opened_at)
         if avoid is not None and len(healthy) > 1 and avoid in healthy:
             healthy.remove(avoid)  # a retry goes elsewhere when it can
@@ -167,13 +179,12 @@ class Dispatcher:
     def _grant(self) -> None:
         """Fill free slots: first each backend from its own queue (and the queues of unhealthy backends), then
         from the queues of full backends (stealing), so a call waits only while every usable slot is taken."""
-        self._refresh()
-        everything_open = all(b.state == "open" for b in self.backends)
+        none_in_rotation = not self.in_rotation()
         for steal in (False, True):
             for backend in self.backends:
                 # a retry never goes back to the backend that failed it while another one is in rotation
                 others = any(b is not backend and b.state == "closed" for b in self.backends)
-                while self._has_room(backend, everything_open):
+                while self._has_room(backend, none_in_rotation):
                     source, waiter = self._next_waiter(backend, steal, backend if others else None)
                     if waiter is None:
                         break
@@ -181,18 +192,9 @@ class Dispatcher:
                     backend.in_flight += 1
                     waiter[2].set_result(backend)
 
-    def _refresh(self) -> None:
-        """Open breakers past their cool-down turn half open."""
-        now = time.monotonic()
-        for backend in self.backends:
-            if backend.state == "open" and now - backend.opened_at >= self.breaker_cooldown:
-                backend.state = "half_open"
-
-    def _has_room(self, backend: Backend, everything_open: bool) -> bool:
-        if everything_open:  # fail fast through the backend open longest
+    def _has_room(self, backend: Backend, none_in_rotation: bool) -> bool:
+        if none_in_rotation:  # fail fast through the backend out longest
             return backend is min(self.backends, key=lambda b: b.opened_at) and backend.in_flight < self.concurrency
-        if backend.state == "half_open":
-            return backend.in_flight == 0  # one probe at a time
         return backend.state == "closed" and backend.in_flight < self.concurrency
 
     def _next_waiter(self, backend: Backend, steal: bool, server: Backend | None) -> tuple[Backend | None, tuple]:
