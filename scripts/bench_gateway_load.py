@@ -5,9 +5,9 @@ concurrent answers, so a healthy backend is never the bottleneck by design) run 
 does the real gateway (``cdra prm serve``, one process). This process is the load generator: it posts ``--requests``
 distinct ``/get_reward`` requests (one sample of ``--steps`` steps each, as OpenRLHF sends them; distinct, so the
 cache never answers), ``--concurrency`` at a time, for each concurrency level. Reported per run: requests/s, p50/p99
-latency, errors (non-200 answers and transport errors, with the failure kinds a 502 names), the gateway's resident
-memory at the end and at its peak (VmRSS, VmHWM), and the CPU time of the gateway and of the load generator, per
-request and as a share of one core.
+latency, requests slower than ``--slow`` seconds (stalled on a hung replica), errors (non-200 answers and transport
+errors, with the failure kinds a 502 names), the gateway's resident memory at the end and at its peak (VmRSS,
+VmHWM), and the CPU time of the gateway and of the load generator, per request and as a share of one core.
 
 The generator must cost less CPU than the server, or it measures itself: it speaks HTTP with ``aiohttp`` (about a
 tenth of the gateway's CPU per request). ``--client aiohttp,httpx`` also runs the ``httpx`` generator of earlier
@@ -162,7 +162,7 @@ async def workers(bodies: list[bytes], concurrency: int, one, record) -> None:
 CLIENTS = {"aiohttp": post_aiohttp, "httpx": post_httpx}
 
 
-def load(client: str, url: str, bodies: list[bytes], concurrency: int) -> dict:
+def load(client: str, url: str, bodies: list[bytes], concurrency: int, slow_s: float) -> dict:
     """Post ``bodies`` to /get_reward, ``concurrency`` in flight: throughput, latency, errors and this CPU's cost."""
     latencies, errors = [], {}
 
@@ -176,7 +176,8 @@ def load(client: str, url: str, bodies: list[bytes], concurrency: int) -> dict:
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     cuts = statistics.quantiles(latencies, n=100)
     return {"wall_s": wall, "rps": len(bodies) / wall, "p50_ms": 1e3 * cuts[49], "p99_ms": 1e3 * cuts[98],
-            "errors": sum(errors.values()), "error_kinds": errors, "client_cpu_s": cpu}  # fmt: skip
+            "slow": sum(s > slow_s for s in latencies), "errors": sum(errors.values()), "error_kinds": errors,
+            "client_cpu_s": cpu}  # fmt: skip
 
 
 def run_one(code: Path, backend_urls: list[str], args, client: str, concurrency: int, offset: int) -> dict:
@@ -184,7 +185,7 @@ def run_one(code: Path, backend_urls: list[str], args, client: str, concurrency:
     gateway, url = start_gateway(code, backend_urls, args.gateway_concurrency)
     try:
         before = process_stats(gateway.pid)
-        result = load(client, url, bodies, concurrency)
+        result = load(client, url, bodies, concurrency, args.slow)
         after = process_stats(gateway.pid)
     finally:
         gateway.terminate()
@@ -220,11 +221,12 @@ def print_table(args, low: float, high: float, medians: dict) -> None:
     print(f"{args.requests} requests x {args.steps} steps; {args.replicas} replica(s) answering in U[{low * 1e3:g}, "
           f"{high * 1e3:g}] ms{sick}; gateway --concurrency {args.gateway_concurrency}; median of {args.repeats} "
           f"run(s); CPU in ms per request and % of one core")  # fmt: skip
-    print(f"{'version':<18} {'client':<8} {'conc':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'RSS MiB':>7} {'gw ms':>6} {'gw %':>5} {'cl ms':>6} {'cl %':>5}  error kinds")  # fmt: skip
+    slow = f">{args.slow:g}s"
+    print(f"{'version':<18} {'client':<8} {'conc':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {slow:>5} "
+          f"{'errors':>6} {'RSS MiB':>7} {'gw ms':>6} {'gw %':>5} {'cl ms':>6} {'cl %':>5}  error kinds")  # fmt: skip
     for (name, client, c), m in medians.items():
         print(f"{name:<18} {client:<8} {c:>5} {m['rps']:>7.1f} {m['p50_ms']:>7.0f} {m['p99_ms']:>7.0f} "
-              f"{m['errors']:>6.0f} {m['rss_mib']:>7.0f} {m['gateway_cpu_ms_per_req']:>6.2f} "
+              f"{m['slow']:>5.0f} {m['errors']:>6.0f} {m['rss_mib']:>7.0f} {m['gateway_cpu_ms_per_req']:>6.2f} "
               f"{m['gateway_cpu_pct']:>5.0f} {m['client_cpu_ms_per_req']:>6.2f} {m['client_cpu_pct']:>5.0f}  "
               f"{json.dumps(m['error_kinds']) if m['error_kinds'] else ''}")  # fmt: skip
 
@@ -241,6 +243,9 @@ def main() -> int:
                         "replica (default 1024; `cdra prm serve`'s own default is 64)")  # fmt: skip
     parser.add_argument("--client", default="aiohttp", help="load generators, comma-separated: aiohttp (default), "
                         "httpx (what earlier versions of this script used)")  # fmt: skip
+    parser.add_argument("--slow", type=float, default=10.0, help="count the requests slower than this, s (default "
+                        "10: far above a healthy request here; a call to a hung replica waits the gateway's 45 s "
+                        "--timeout)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="runs per (version, concurrency); the median is shown")
     parser.add_argument("--baseline", metavar="REF", help="also measure this version first (directory or git ref)")
     parser.add_argument("--_backend", nargs=3, help=argparse.SUPPRESS)
@@ -279,7 +284,8 @@ def main() -> int:
     print_table(args, low, high, medians)
     summary = {
         "requests": args.requests, "steps": args.steps, "latency_s": [low, high], "replicas": args.replicas,
-        "sick": args.sick, "gateway_concurrency": args.gateway_concurrency, "repeats": args.repeats,
+        "sick": args.sick, "gateway_concurrency": args.gateway_concurrency, "slow_s": args.slow,
+        "repeats": args.repeats,
         "results": [{"version": name, "client": client, "concurrency": c, **m} for (name, client, c), m in
                     medians.items()],
     }  # fmt: skip

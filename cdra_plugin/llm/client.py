@@ -11,8 +11,8 @@ training run needs:
   first come first served by default, a retry keeps its call's priority, and an idle backend takes waiting calls
   from the others;
 - a circuit breaker per backend takes a replica that cannot serve out of rotation: ``breaker_failures``
-  consecutive failures (no connection, 5xx, a broken answer, or timeouts while the other replicas answer: a hung
-  replica), or at once a 401/403/404 (``not_served``: a mis-set ``--served-model-name``, a missing key); after
+  consecutive failures (no connection, 5xx, a broken answer), or at once a 401/403/404 (``not_served``: a mis-set
+  ``--served-model-name``, a missing key) or a timeout while it answered nothing and the others did (it hangs); after
   ``breaker_cooldown`` seconds the client probes it (half open) with a call of its own (``max_tokens`` 1, so no
   caller's call waits on a replica that may hang) and puts it back in rotation if it answers;
 - ``timeout`` is a deadline for the whole call (connect, send, the complete answer), not for each read;

@@ -17,14 +17,15 @@ OpenRLHF posts each sample to the remote RM right after generating it):
   later one's steps; a retry keeps its priority. A backend whose queue is empty takes the first waiting call of
   another queue (work stealing), so no slot idles while calls wait.
 - **Circuit breaker.** A backend that cannot serve leaves the rotation (a dead backend fails fast, so "least loaded"
-  would otherwise send it most calls), and the calls queued for it go to the first free slot elsewhere:
-  ``breaker_failures`` consecutive failures open its breaker (no connection, a 5xx, a broken answer; a timeout only
-  while the backend answered nothing since that call began and another backend did: a hung replica, not a slow
-  fleet), and a 401/403/404 opens it at once (``not_served``: it cannot serve this model). Any answer, even one the
-  caller rejects, a 400 or a 429, resets the count. After ``breaker_cooldown`` seconds it is half open: the client
-  sends it a probe of its own (``due_probes``, ``probed``), never a caller's call, which a hung replica would hold
-  for a whole timeout; an answer closes the breaker, a failure opens it again. When no backend is in rotation,
-  calls go to the one out longest, so they fail fast and are counted instead of waiting.
+  would otherwise send it most calls), and the calls queued for it go to the first free slot elsewhere.
+  ``breaker_failures`` consecutive failures open its breaker (no connection, a 5xx, a broken answer); two failures
+  open it at once: a 401/403/404 (``not_served``: it cannot serve this model), and a timeout of a backend that
+  answered nothing since that call began while another backend did (it hangs: waiting for more timeouts would
+  refill its freed slots with calls that hang too; when every backend times out, the fleet is slow and no breaker
+  opens). Any answer, even one the caller rejects, a 400 or a 429, resets the count. After ``breaker_cooldown``
+  seconds it is half open: the client sends it a probe of its own (``due_probes``, ``probed``), never a caller's
+  call, which a hung replica would hold for a whole timeout; an answer closes the breaker, a failure opens it
+  again. When no backend is in rotation, calls go to the one out longest, so they fail fast and are counted.
 - **Retries elsewhere.** A retry passes the backend that just failed it as ``avoid``: it is queued elsewhere, and
   that backend never takes it from another queue while any other backend is in rotation.
 - **Metrics.** ``BackendMetrics`` shows all of this to Prometheus at scrape time (``LLMClient.register_metrics``).
@@ -218,7 +219,7 @@ class Dispatcher:
         if (
             outcome == "not_served"
             or backend.state == "half_open"
-            or (backend.failures >= self.breaker_failures and (outcome != "timeout" or self._hung(backend, started)))
+            or (self._hung(backend, started) if outcome == "timeout" else backend.failures >= self.breaker_failures)
         ):
             if backend.state != "open":
                 backend.opens[outcome] += 1

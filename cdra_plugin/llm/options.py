@@ -80,8 +80,8 @@ OPTIONS = {
     "retry_temperature": Option("retry-temperature", float, 0.7, "sampling temperature of a retry after an unusable "
                                 "answer when the temperature is 0 (a greedy model would repeat it)", "T", "> 0"),
     "breaker_failures": Option("breaker-failures", int, 3, "consecutive failures of a base URL (no connection, 5xx, "
-                               "a broken answer; timeouts while other URLs answer) that take it out of rotation; "
-                               "a 401/403/404 takes it out at once", "N", ">= 1"),
+                               "a broken answer) that take it out of rotation; a 401/403/404, or a timeout while it "
+                               "answered nothing and other URLs did (it hangs), takes it out at once", "N", ">= 1"),
     "breaker_cooldown": Option("breaker-cooldown", float, 5.0, "seconds until a base URL out of rotation is tried "
                                "again with one call (back in rotation when it answers)", "S", "> 0"),
 }

@@ -255,9 +255,9 @@ async def _probe_backends(gateway: Gateway) -> None:
     dispatcher = gateway.scorer.client.dispatcher
     what = (
         f"a call that fails there is retried on another backend; {dispatcher.breaker_failures} failures in a row (a "
-        f"401/403/404 at once) take it out of rotation, and one call every {dispatcher.breaker_cooldown:g} s tries it "
-        "again until it answers" if len(dispatcher.backends) > 1 else "it is the only backend: calls fail until it "
-        "answers"
+        f"401/403/404 or a hang at once) take it out of rotation, and a probe every {dispatcher.breaker_cooldown:g} s "
+        "puts it back when it answers" if len(dispatcher.backends) > 1 else "it is the only backend: calls fail until "
+        "it answers"
     )  # fmt: skip
     for backend in (await gateway.health())["backends"]:
         if not backend["ok"]:
