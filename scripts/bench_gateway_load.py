@@ -22,8 +22,8 @@ a temporary directory). The gateway subprocess gets ``PYTHONPATH`` pointing at t
 
     python scripts/bench_gateway_load.py                          # this code: 2,000 requests at 64 and 256
     python scripts/bench_gateway_load.py --client aiohttp,httpx   # and the httpx load generator
-    python scripts/bench_gateway_load.py --baseline main --sick hang --requests 1000 --concurrency 64 \\
-        --gateway-concurrency 64                                  # a hung replica, before and after
+    python scripts/bench_gateway_load.py --baseline main --sick hang --requests 10000 --concurrency 64 \\
+        --gateway-concurrency 64 --gateway-timeout 10 --slow 5    # a hung replica, before and after
 
 Output: a table, then one JSON line with every figure (the last line).
 """
@@ -75,12 +75,14 @@ def code_dir(ref: str, scratch: Path) -> Path:
     return target
 
 
-def start_gateway(code: Path, backend_urls: list[str], concurrency: int) -> tuple[subprocess.Popen, str]:
+def start_gateway(code: Path, backend_urls: list[str], args) -> tuple[subprocess.Popen, str]:
     from cdra_plugin.stub.processes import free_port, start_server
 
     port = free_port()
+    timeout = [] if args.gateway_timeout is None else ["--timeout", str(args.gateway_timeout)]
     cmd = [sys.executable, "-m", "cdra_plugin.cli", "prm", "serve", "--backend", ",".join(backend_urls), "--model",
-           MODEL, "--port", str(port), "--concurrency", str(concurrency), "--log-level", "error"]  # fmt: skip
+           MODEL, "--port", str(port), "--concurrency", str(args.gateway_concurrency), *timeout,
+           "--log-level", "error"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     return start_server(cmd, url + "/health", env={**os.environ, "PYTHONPATH": str(code)}, cwd=code), url
 
@@ -182,7 +184,7 @@ def load(client: str, url: str, bodies: list[bytes], concurrency: int, slow_s: f
 
 def run_one(code: Path, backend_urls: list[str], args, client: str, concurrency: int, offset: int) -> dict:
     bodies = [request_body(i, args.steps) for i in range(offset, offset + args.requests)]
-    gateway, url = start_gateway(code, backend_urls, args.gateway_concurrency)
+    gateway, url = start_gateway(code, backend_urls, args)
     try:
         before = process_stats(gateway.pid)
         result = load(client, url, bodies, concurrency, args.slow)
@@ -218,9 +220,10 @@ def start_backends(args, low: float, high: float) -> list[subprocess.Popen]:
 
 def print_table(args, low: float, high: float, medians: dict) -> None:
     sick = f" + 1 replica answering {args.sick}" if args.sick else ""
+    timeout = "" if args.gateway_timeout is None else f" --timeout {args.gateway_timeout:g}"
     print(f"{args.requests} requests x {args.steps} steps; {args.replicas} replica(s) answering in U[{low * 1e3:g}, "
-          f"{high * 1e3:g}] ms{sick}; gateway --concurrency {args.gateway_concurrency}; median of {args.repeats} "
-          f"run(s); CPU in ms per request and % of one core")  # fmt: skip
+          f"{high * 1e3:g}] ms{sick}; gateway --concurrency {args.gateway_concurrency}{timeout}; median of "
+          f"{args.repeats} run(s); CPU in ms per request and % of one core")  # fmt: skip
     slow = f">{args.slow:g}s"
     print(f"{'version':<18} {'client':<8} {'conc':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {slow:>5} "
           f"{'errors':>6} {'RSS MiB':>7} {'gw ms':>6} {'gw %':>5} {'cl ms':>6} {'cl %':>5}  error kinds")  # fmt: skip
@@ -241,6 +244,8 @@ def main() -> int:
     parser.add_argument("--sick", choices=SICK, help="add one replica that answers 404, 500, or hangs")
     parser.add_argument("--gateway-concurrency", type=int, default=1024, help="the gateway's --concurrency per "
                         "replica (default 1024; `cdra prm serve`'s own default is 64)")  # fmt: skip
+    parser.add_argument("--gateway-timeout", type=float, help="the gateway's --timeout, s (default: its own, 45); a "
+                        "shorter one shows in a short run what a hung replica costs over many timeouts")  # fmt: skip
     parser.add_argument("--client", default="aiohttp", help="load generators, comma-separated: aiohttp (default), "
                         "httpx (what earlier versions of this script used)")  # fmt: skip
     parser.add_argument("--slow", type=float, default=10.0, help="count the requests slower than this, s (default "
@@ -284,7 +289,8 @@ def main() -> int:
     print_table(args, low, high, medians)
     summary = {
         "requests": args.requests, "steps": args.steps, "latency_s": [low, high], "replicas": args.replicas,
-        "sick": args.sick, "gateway_concurrency": args.gateway_concurrency, "slow_s": args.slow,
+        "sick": args.sick, "gateway_concurrency": args.gateway_concurrency, "gateway_timeout": args.gateway_timeout,
+        "slow_s": args.slow,
         "repeats": args.repeats,
         "results": [{"version": name, "client": client, "concurrency": c, **m} for (name, client, c), m in
                     medians.items()],
