@@ -229,7 +229,9 @@ def test_command_line_errors_are_one_clear_line(council_server, tmp_path, capsys
 
 
 def run_build_recipe(tmp_path: Path, **env) -> subprocess.CompletedProcess:
-    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "INPUT": str(pairs_file(tmp_path)),
+    # the environment's interpreter first on PATH, as when it is activated (the recipe asks it to check LLM values)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    base = {"PATH": path, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "INPUT": str(pairs_file(tmp_path)),
             "GENERATOR_URL": "http://127.0.0.1:8000/v1", "EVALUATOR_URL": "http://127.0.0.1:8001/v1",
             "EVALUATOR_KEY_ENV": "", "DRY_RUN": "1"}  # fmt: skip
     return subprocess.run(["bash", str(ROOT / "recipes" / "build_deeppref.sh")], env={**base, **env},
@@ -242,13 +244,13 @@ def run_build_recipe(tmp_path: Path, **env) -> subprocess.CompletedProcess:
         ({"INPUT": "nope"}, "INPUT=nope not found: a PrefEval JSON file or folder"),
         ({"OUTPUT": "/dev/null"}, "OUTPUT=/dev/null: expected a folder for the trees"),
         ({"LIMIT": "0"}, "LIMIT=0: expected a whole number >= 1"),
-        ({"GENERATOR_URL": "127.0.0.1:8000"}, "GENERATOR_URL=127.0.0.1:8000: '127.0.0.1:8000' is not an http(s) URL"),
-        ({"EVALUATOR_URL": "http://a/v1,"}, "EVALUATOR_URL=http://a/v1,: expected the OpenAI-compatible base URL(s)"),
-        ({"EVALUATOR_KEY_ENV": "NOPE_KEY"}, "EVALUATOR_KEY_ENV=NOPE_KEY names an unset or empty variable"),
-        ({"EVALUATOR_CONCURRENCY": "0"}, "EVALUATOR_CONCURRENCY=0: expected a whole number >= 1"),
+        ({"GENERATOR_URL": "127.0.0.1:8000"}, "GENERATOR_URL '127.0.0.1:8000': expected an http(s) base URL"),
+        ({"EVALUATOR_URL": "http://a/v1,b:1"}, "EVALUATOR_URL 'b:1': expected an http(s) base URL"),
+        ({"EVALUATOR_KEY_ENV": "NOPE_KEY"}, "the environment variable NOPE_KEY is not set"),
+        ({"EVALUATOR_CONCURRENCY": "0"}, "EVALUATOR_CONCURRENCY must be >= 1, got 0"),
         ({"PARALLEL": "all"}, "PARALLEL=all: expected a whole number >= 1"),
-        ({"TIMEOUT": "0"}, "TIMEOUT=0: expected a number > 0"),
-        ({"RETRIES": "-1"}, "RETRIES=-1: expected a whole number >= 0"),
+        ({"TIMEOUT": "0"}, "TIMEOUT must be > 0, got 0.0"),
+        ({"RETRIES": "-1"}, "RETRIES must be >= 0, got -1"),
         ({"PERSONAS": "mine.json"}, "PERSONAS=mine.json not found"),
         ({"PERSONAS": "Sociologist,Economist"}, "PERSONAS=Sociologist,Economist: 'economist' is not one of"),
         ({"BRANCH": "0"}, "BRANCH=0: expected a whole number >= 1"),

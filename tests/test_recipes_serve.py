@@ -4,6 +4,7 @@ stand-in as vLLM: test_prm_cli.py)."""
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "serve_prm.sh"
 
 
 def run(**env) -> subprocess.CompletedProcess:
-    full = {**os.environ, "DRY_RUN": "1", "PRM_MODEL": "org/prm", **env}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # as in an activated environment
+    full = {**os.environ, "PATH": path, "DRY_RUN": "1", "PRM_MODEL": "org/prm", **env}
     return subprocess.run(["bash", str(RECIPE)], env=full, capture_output=True, text=True, timeout=60)
 
 

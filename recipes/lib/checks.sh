@@ -85,22 +85,17 @@ need_urls() {  # VAR WHAT: one or more comma-separated http(s) base URLs of WHAT
   done
 }
 
-need_llm_values() {  # WHAT KEY:VAR...: values of an LLM client (cdra_plugin.llm.options), WHAT the endpoint
-  # The rules are the client's own: once `python -m cdra_plugin.llm.options KEY:NAME=VALUE...` (one line naming NAME,
-  # status 2) is on main, this body becomes that one call; until then they are restated here, key by key.
-  local what=$1 spec
+need_llm_values() {  # WHAT KEY:VAR...: values of an LLM client for WHAT (an endpoint), by the client's own rules
+  local what=$1 spec name out args=()
   shift
   for spec; do
-    case ${spec%%:*} in
-      urls) need_urls "${spec#*:}" "$what" ;;
-      api_key) need_env_var_name "${spec#*:}" ;;
-      concurrency | max_tokens) need_int "${spec#*:}" 1 ;;
-      retries) need_int "${spec#*:}" 0 ;;
-      timeout) need_number "${spec#*:}" "x > 0" "> 0 (seconds per call)" ;;
-      temperature) need_number "${spec#*:}" "x >= 0" ">= 0" ;;
-      *) die "need_llm_values: unknown key in '$spec'" ;;
-    esac
+    name=${spec#*:}
+    args+=("$spec=${!name}")
   done
+  out=$("$PYTHON" -m cdra_plugin.llm.options "${args[@]}" 2>&1) && return 0
+  [[ $out == *"No module named"* ]] &&
+    die "cdra_plugin is not importable by '$PYTHON' (it checks the values of $what): activate the environment (source \"\${CDRA_VENV:-\$HOME/.venvs/cdra-plugin}/bin/activate\")"
+  die "$out"
 }
 
 need_host() {  # VAR: the address a server binds, a host name or IPv4 address (127.0.0.1 keeps it on this machine)
