@@ -74,17 +74,6 @@ need_choices() {  # VAR CHOICE...: a comma-separated list of one or more CHOICEs
   done
 }
 
-need_urls() {  # VAR WHAT: one or more comma-separated http(s) base URLs of WHAT
-  local var=$1 what=$2 url urls
-  [[ ${!var} =~ ^[^,]+(,[^,]+)*$ ]] ||
-    die "$var=${!var}: expected the OpenAI-compatible base URL(s) of $what, comma-separated, such as http://127.0.0.1:8000/v1"
-  IFS=, read -r -a urls <<<"${!var}"
-  for url in "${urls[@]}"; do
-    [[ $url =~ ^https?://[^/[:space:]]+(/[^[:space:]]*)?$ ]] ||
-      die "$var=${!var}: '$url' is not an http(s) URL (the OpenAI-compatible base URL of $what)"
-  done
-}
-
 need_llm_values() {  # WHAT KEY:VAR...: values of an LLM client for WHAT (an endpoint), by the client's own rules
   local what=$1 spec name out args=()
   shift
