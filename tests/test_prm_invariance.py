@@ -181,13 +181,11 @@ def test_the_guard_scores_repeats_and_padding_without_a_prm_call_and_counts_them
     assert [s["degenerate"] for s in out[0]["steps"]] == [None, "non_letters", None, None]
     assert [s["degenerate"] for s in out[1]["steps"]] == [None, None, "repeated", None, None]
     assert out[0]["steps"][1]["score"] == -1.0 and out[0]["steps"][1]["critiques"] == []
-    # the degenerate steps never reached the PRM; the first step, the same in both responses, was asked once (the
-    # gateway's step cache)
-    assert asked == 3 + 4 - 1
+    assert asked == 3 + 4  # the degenerate steps never reached the PRM
     assert 'cdra_prm_degenerate_steps_total{reason="non_letters"} 1.0' in metrics
     assert 'cdra_prm_degenerate_steps_total{reason="repeated"} 1.0' in metrics
     assert [o["reward"] for o in out] == [-1.0, -1.0]
-    assert [o["reward"] for o in off] == pytest.approx([0.2, 0.2]) and len(llm.requests) == asked + 4 + 5 - 1
+    assert [o["reward"] for o in off] == pytest.approx([0.2, 0.2]) and len(llm.requests) == asked + 4 + 5
 
 
 def test_code_and_maths_steps_need_the_guard_off():

@@ -51,10 +51,15 @@ class ResultCache:
         return None if entry is None else entry[0]
 
     async def get_or_compute(
-        self, key: str, compute: Callable[[], Awaitable[Any]], keep: Callable[[Any], bool] = lambda r: True
+        self,
+        key: str,
+        compute: Callable[[], Awaitable[Any]],
+        keep: Callable[[Any], bool] = lambda r: True,
+        joinable: bool = True,
     ) -> Any:
-        """The cached value for ``key``, else the running computation's, else ``compute()``'s (stored if ``keep``)."""
-        return await self._flights.get(key, compute, keep)
+        """The cached value for ``key``, else the running computation's, else ``compute()``'s (stored if ``keep``);
+        ``joinable``: see ``cdra_plugin.io.singleflight.SingleFlight.get``."""
+        return await self._flights.get(key, compute, keep, joinable)
 
     # the store of SingleFlight
     def lookup(self, key: str) -> Any | None:

@@ -150,9 +150,9 @@ class StepScorer:
         texts = [text for _, text, _ in triples]
         skipped = degenerate_steps(texts) if self.degenerate_guard else [None] * len(texts)
         judged = [j for j, why in enumerate(skipped) if not why]
+        keys = self.step_cache.keys(preference, question, texts) if self.step_cache is not None else None
         scored = iter(await asyncio.gather(
-            *(self._step(preference, question, texts[: j + 1], triples[j][0], triples[j][2], order, prefix)
-              for j in judged)
+            *(self._step(keys and keys[j], triples[j][0], texts[j], triples[j][2], order, prefix) for j in judged)
         ))  # fmt: skip
         steps = [next(scored) if why is None else _empty_step(step, text, why)
                  for (step, text, _), why in zip(triples, skipped, strict=True)]  # fmt: skip
@@ -166,12 +166,12 @@ class StepScorer:
                     self.metrics.degenerate_steps.labels(step.degenerate).inc()
         return result
 
-    async def _step(self, preference, question, bodies, step, prompt, order, early: bool) -> StepResult:
-        """Step ``step`` (its text ``bodies[-1]``) through the step cache when the gateway has one."""
-        compute = functools.partial(self._score_step, step, bodies[-1], prompt, order)
+    async def _step(self, key: str | None, step, text: str, prompt: str, order: dict, early: bool) -> StepResult:
+        """Step ``step`` through the step cache (under ``key``) when the gateway has one."""
+        compute = functools.partial(self._score_step, step, text, prompt, order)
         if self.step_cache is None:
             return await compute()
-        return await self.step_cache.result(preference, question, bodies, step, compute, early=early)
+        return await self.step_cache.result(key, step, compute, early=early)
 
     async def _score_step(self, step, text: str, prompt: str, order: dict) -> StepResult:
         started = time.perf_counter()

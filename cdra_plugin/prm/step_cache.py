@@ -26,7 +26,8 @@ calls still joined) and counted in ``/metrics``:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 
 from cdra_plugin.prm.cache import ResultCache, content_key
 from cdra_plugin.prm.scoring import SampleResult, StepResult
@@ -36,28 +37,33 @@ class StepCache:
     """Results of single steps, ``max_bytes`` at most (0: none kept), for one PRM ``identity`` (module docstring)."""
 
     def __init__(self, max_bytes: int, identity: dict, metrics=None):
-        self.identity = identity
+        self._identity = content_key(**identity).encode()  # hashed once: every step key starts from it
         self.metrics = metrics
         self._results = ResultCache(max_bytes, lambda step: SampleResult([step], 0.0).nbytes())
+        self._streaming = False  # set by the first early call (``/score_prefix``)
+
+    def keys(self, preference: str, question: str, bodies: Sequence[str]) -> list[str]:
+        """The key of each step j of a response: a hash chained over (identity, P, q, steps 1..j), so a response's
+        T keys cost one pass over its text (each field length-prefixed: no two inputs share a key)."""
+        chain = hashlib.blake2b(self._identity, digest_size=16)
+        for field in (preference, question):
+            data = field.encode()
+            chain.update(b"%d:" % len(data) + data)
+        keys = []
+        for body in bodies:
+            data = body.encode()
+            chain.update(b"%d:" % len(data) + data)
+            keys.append(chain.copy().hexdigest())
+        return keys
 
     @property
     def nbytes(self) -> int:
         return self._results.nbytes
 
-    async def result(
-        self,
-        preference: str,
-        question: str,
-        bodies: list[str],
-        step,
-        compute: Callable[[], Awaitable[StepResult]],
-        *,
-        early: bool,
-    ) -> StepResult:
-        """Step ``step`` (a ``cdra_plugin.cdpa.steps.Step``) whose text is ``bodies[-1]``, after ``bodies[:-1]``:
-        kept, joined in flight, or ``compute()``d now. ``early``: asked by ``/score_prefix``."""
-        key = content_key(preference=preference, question=question, earlier=bodies[:-1], step=bodies[-1],
-                          **self.identity)  # fmt: skip
+    async def result(self, key: str, step, compute: Callable[[], Awaitable[StepResult]], *, early: bool) -> StepResult:
+        """Step ``step`` (a ``cdra_plugin.cdpa.steps.Step``) of key ``key`` (``keys``): kept, joined in flight, or
+        ``compute()``d now. ``early``: asked by ``/score_prefix``."""
+        self._streaming = self._streaming or early
         found, result = await self._lookup(key, compute)
         if self.metrics is not None:
             self.metrics.step_lookups.labels("early" if early else "final", found).inc()
@@ -76,5 +82,9 @@ class StepCache:
             found = "miss"
             return compute()
 
-        result = await self._results.get_or_compute(key, start, keep=lambda r: r.score is not None)
+        # Until a streaming executor has sent an early call, no call is joined by another (each sample comes once):
+        # computing in the caller's task saves the shared task's cost on every step of a post-hoc run.
+        result = await self._results.get_or_compute(
+            key, start, keep=lambda r: r.score is not None, joinable=self._streaming
+        )
         return found, result
