@@ -181,3 +181,24 @@ def test_a_cancelled_caller_does_not_cancel_the_work_and_aclose_does():
         assert flights.store.lookup("late") is None and "late" not in finished
 
     asyncio.run(scenario())
+
+
+def test_a_computation_nobody_joins_runs_in_the_callers_task_and_still_joins_one_running():
+    async def scenario():
+        flights, calls = SingleFlight(store()), []
+
+        async def compute(value):
+            calls.append((value, asyncio.current_task()))
+            await asyncio.sleep(0.01)
+            return value
+
+        assert await flights.get("own", lambda: compute("v"), joinable=False) == "v"
+        assert calls[0][1] is asyncio.current_task() and flights.store["own"] == "v"  # no task of its own
+        running = asyncio.ensure_future(flights.get("shared", lambda: compute("first")))
+        await asyncio.sleep(0)
+        assert await flights.get("shared", lambda: compute("second"), joinable=False) == "first"
+        assert await running == "first" and [v for v, _ in calls] == ["v", "first"]
+        assert await flights.get("partial", lambda: compute("x"), keep=lambda v: False, joinable=False) == "x"
+        assert "partial" not in flights.store
+
+    asyncio.run(scenario())
