@@ -29,8 +29,6 @@ slowing the machine affects both. Prints a table, then one JSON object as the la
 import argparse
 import bisect
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -41,6 +39,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe  # noqa: E402
 
 from cdra_plugin.cdpa.advantage import MODES, cdpa_advantages  # noqa: E402
 from cdra_plugin.cdpa.align import align_steps  # noqa: E402
@@ -201,15 +201,7 @@ def bench_advantages(args) -> dict:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    return f"{os.cpu_count()}-core {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> int:

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -118,6 +120,7 @@ def main() -> int:
     if args._backend:
         run_backend(float(args._backend[0]), int(args._backend[1]))
         return 0
+    print(f"machine: {describe()}")
 
     n, lat, c = args.scenarios, args.latency, args.concurrency
     servers = [start_backend(lat, c) for _ in range(2)]
@@ -176,7 +179,7 @@ def main() -> int:
         "paper_scenarios": PAPER_SCENARIOS, "paper_requests": round(paper_requests),
         "paper_hours_one_server_per_role": round(prod_s / 3600, 3),
     }  # fmt: skip
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "machine": describe()}))
     return 0
 
 

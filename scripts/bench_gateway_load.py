@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "scripted-prm"
 SICK = ("404", "500", "hang")
@@ -264,6 +266,7 @@ def main() -> int:
     if set(clients) - set(CLIENTS) or args.replicas < 1:
         parser.error(f"--client takes {', '.join(CLIENTS)}; --replicas must be >= 1")
 
+    print(f"machine: {describe()}")
     backends = start_backends(args, low, high)
     results: dict[tuple, list] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -295,7 +298,7 @@ def main() -> int:
         "results": [{"version": name, "client": client, "concurrency": c, **m} for (name, client, c), m in
                     medians.items()],
     }  # fmt: skip
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "machine": describe()}))
     return 0
 
 

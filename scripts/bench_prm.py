@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -163,6 +165,7 @@ def main() -> int:
     if args._backend:
         run_backend(float(args._backend[0]), int(args._backend[1]))
         return 0
+    print(f"machine: {describe()}")
 
     from cdra_plugin.llm.client import LLMClient
     from cdra_plugin.prm.scoring import StepScorer
@@ -223,7 +226,7 @@ def main() -> int:
         "prompt_tokens_per_response": round(tokens["sent"]),
         "uncached_prompt_tokens_per_response": round(tokens["new"]),
     }  # fmt: skip
-    print(json.dumps(figures))
+    print(json.dumps({**figures, "machine": describe()}))
     return 0
 
 

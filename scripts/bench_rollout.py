@@ -80,6 +80,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -571,6 +573,7 @@ def report(args, p: dict, mode: str, runs: list[dict], recommended: dict | None)
 
 def main() -> int:
     args = parse_args()
+    print(f"machine: {describe()}")
     if args._sim:
         run_sim(int(args._sim[0]), int(args._sim[1]), float(args._sim[2]))
         return 0
@@ -595,7 +598,7 @@ def main() -> int:
         out.update({k: v for k, v in results["post_hoc"].items() if k != "early_step_fraction"})
     if "streaming" in results:
         out["streaming"] = results["streaming"]
-    print(json.dumps(out))
+    print(json.dumps({**out, "machine": describe()}))
     return 0
 
 
