@@ -7,7 +7,7 @@
     stand-ins      stub/                     scripted servers and the tiny model: imported by demo/ only
 
 A module may import its own layer's modules and those below; the package root holds entry points only; no product
-code (adapters, services, core) imports a stand-in. The README's "Architecture" section draws the same.
+code (adapters, services, core) imports a stand-in. docs/architecture.md draws the same.
 """
 
 import ast

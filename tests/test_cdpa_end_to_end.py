@@ -130,7 +130,8 @@ def test_the_diagnostics_that_reach_the_training_logs_are_documented(
     monkeypatch, gateway_url, tiny_model_path, tiny_tokenizer, prompt_text
 ):
     """Every info entry survives the host's replay buffer as one number per sample (the actor's training_step logs
-    each as a sample-weighted metric, wandb/TensorBoard as train/<key>); the cdpa_*/prm_* ones are the README's."""
+    each as a sample-weighted metric, wandb/TensorBoard as train/<key>); the cdpa_*/prm_* ones are docs/training.md's.
+    """
     from openrlhf.trainer.ppo_utils.experience import (
         make_experience_batch,
         remove_padding_in_sequences,
@@ -145,8 +146,8 @@ def test_the_diagnostics_that_reach_the_training_logs_are_documented(
     for key, values in batch.info.items():
         assert len(values) == len(items) and all(torch.as_tensor(v).numel() == 1 for v in values), key
     logged = {key for key in batch.info if key.startswith(("cdpa_", "prm_"))}
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Train with CDPA") :].split("\n## ", 1)[0]
+    manual = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    section = manual[manual.index("### Diagnostics") :].split("\n### ", 1)[0]
     documented = set(re.findall(r"`train/((?:cdpa|prm)_\w+)`", section))
     # group_steps and process modes log cdpa_flat_step_group_frac in place of the two *_position_frac
     assert logged | {"cdpa_flat_step_group_frac"} == documented

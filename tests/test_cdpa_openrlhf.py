@@ -138,17 +138,17 @@ def test_every_mode_through_host_experiences(monkeypatch, tiny_model_path, tiny_
     assert any(bool(e.advantages.abs().max() > 0.1) for e in exps)
 
 
-def test_readme_lists_every_cdpa_option_with_its_default():
+def test_the_manual_lists_every_cdpa_option_with_its_default():
     from pathlib import Path
 
     from cdra_plugin.cdpa.config import CDPAConfig
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    manual = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
     for f in dataclasses.fields(CDPAConfig):
         default = "off" if f.default is None else f.default
-        assert f"| `--cdpa.{f.name}` | `{default}` |" in readme, f"README: no table row for --cdpa.{f.name}"
-    documented = set(re.findall(r"--cdpa\.(\w+)", readme))
-    assert documented == {f.name for f in dataclasses.fields(CDPAConfig)}, "README names a --cdpa option that is gone"
+        assert f"| `--cdpa.{f.name}` | `{default}` |" in manual, f"docs/training.md: no table row for --cdpa.{f.name}"
+    documented = set(re.findall(r"--cdpa\.(\w+)", manual))
+    assert documented == {f.name for f in dataclasses.fields(CDPAConfig)}, "docs/training.md: a gone --cdpa option"
 
 
 def test_help_prints_the_cdpa_options_before_loading_the_host(monkeypatch):
