@@ -573,10 +573,10 @@ def report(args, p: dict, mode: str, runs: list[dict], recommended: dict | None)
 
 def main() -> int:
     args = parse_args()
-    print(f"machine: {describe()}")
     if args._sim:
         run_sim(int(args._sim[0]), int(args._sim[1]), float(args._sim[2]))
         return 0
+    print(f"machine: {describe()}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the deployment's finally stops its servers
     modes = args.modes.split(",")
     if not set(modes) <= {"post_hoc", "streaming"}:

@@ -10,6 +10,7 @@ from cdra_plugin.cli import build_parser
 from cdra_plugin.construct.cli import EVALUATOR, GENERATOR
 from cdra_plugin.eval.cli import JUDGE, POLICY
 from cdra_plugin.llm import client as llm
+from cdra_plugin.llm.client import connect_endpoint
 from cdra_plugin.llm.options import OPTIONS, OptionError
 from cdra_plugin.llm.options import main as options_main
 from cdra_plugin.prm.config import PRM
@@ -43,7 +44,7 @@ EVERY_OPTION = {
 def test_every_command_keeps_its_option_names_and_each_value_reaches_its_client(command, monkeypatch):
     monkeypatch.setenv("K", "sk-test")
     argv, endpoint = EVERY_OPTION[command]
-    client = endpoint.client(build_parser().parse_args(argv))
+    client = connect_endpoint(endpoint, build_parser().parse_args(argv))
     assert client.sampling["temperature"] == 0.5 and client.sampling["max_tokens"] == 7
     assert client.sampling["top_p"] == (1.0 if command.startswith("build") else 0.9)  # build has no --top-p
     assert (client.concurrency, client.timeout, client.retries) == (3, 4, 1)
@@ -72,7 +73,7 @@ def test_each_build_role_gets_its_own_values_and_the_shared_ones(monkeypatch):
         argv = [server.base_url if x == URL else x for x in BUILD]
         args = build_parser().parse_args([*argv, "--generator-temperature", "0.3", "--evaluator-max-tokens", "99",
                                           "--generator-api-key-env", "GEN_KEY", "--timeout", "9"])  # fmt: skip
-        generator, evaluator = GENERATOR.client(args), EVALUATOR.client(args)
+        generator, evaluator = connect_endpoint(GENERATOR, args), connect_endpoint(EVALUATOR, args)
         assert generator.sampling == {"max_tokens": 512, "temperature": 0.3, "top_p": 1.0}
         assert evaluator.sampling == {"max_tokens": 99, "temperature": 0.0, "top_p": 1.0}
         assert generator.timeout == evaluator.timeout == 9.0 and (generator.model, evaluator.model) == ("g", "e")
@@ -109,7 +110,7 @@ def test_each_build_role_gets_its_own_values_and_the_shared_ones(monkeypatch):
 def test_a_bad_value_names_the_option_as_typed(argv, endpoint, message, monkeypatch):
     monkeypatch.delenv("CDRA_UNSET_X", raising=False)
     with pytest.raises(ValueError) as error:
-        endpoint.client(build_parser().parse_args(argv))
+        connect_endpoint(endpoint, build_parser().parse_args(argv))
     assert str(error.value).startswith(message)
 
 
@@ -126,7 +127,7 @@ def test_the_declarations_match_the_client():
 def test_the_breaker_and_retry_temperature_options_reach_the_client(argv, endpoint, monkeypatch):
     monkeypatch.setenv("K", "sk-test")
     extra = ["--breaker-failures", "5", "--breaker-cooldown", "2.5", "--retry-temperature", "0.9"]
-    client = endpoint.client(build_parser().parse_args([*argv, *extra]))
+    client = connect_endpoint(endpoint, build_parser().parse_args([*argv, *extra]))
     assert (client.dispatcher.breaker_failures, client.dispatcher.breaker_cooldown) == (5, 2.5)
     assert client.retry_temperature == 0.9
 

@@ -23,7 +23,7 @@ GENERATOR = Endpoint("--generator", "--generator-model", "the generator", own=RO
 EVALUATOR = Endpoint("--evaluator", "--evaluator-model", "the evaluator", own=ROLE_OPTIONS)
 
 EPILOG = """\
-the tree (paper Appendix E; defaults K=5, b=2, D=4, X=0.4, k=2 give trees like Fig. 16 with about 34 calls):
+the tree (paper Appendix E; defaults K=5, b=2, D=4, X=0.4, k=2: about 34 calls; every path has D steps + an answer):
   level 1       one generator call per persona (Fig. 11, first prompt): K hypotheses
   levels 2..D   one generator call with n=b per kept node (Fig. 11, follow-up prompt): b children each
   every node    scored by the evaluator (Fig. 12): critique + SCORE in [-1, 1]; unparsable after retries = pruned
@@ -148,11 +148,12 @@ def options_from(args, default_parallel: int):
 
 async def _build(args) -> dict:
     from cdra_plugin.construct.runner import build
+    from cdra_plugin.llm.client import connect_endpoint
 
     clients = []
     try:
-        clients += [GENERATOR.client(args)]
-        clients += [EVALUATOR.client(args)]
+        clients += [connect_endpoint(GENERATOR, args)]
+        clients += [connect_endpoint(EVALUATOR, args)]
         # scripts/bench_build.py: as many scenarios in flight as the busier role has server slots reach the bound
         slots = max(c.concurrency * len(c.backends) for c in clients)
         return await build(options_from(args, slots), *clients)

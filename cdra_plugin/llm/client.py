@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from cdra_plugin.llm.dispatch import Backend, BackendMetrics, Dispatcher
-from cdra_plugin.llm.options import OPTIONS, OptionError, parse_base_urls, public_url
+from cdra_plugin.llm.options import OPTIONS, Endpoint, OptionError, parse_base_urls, public_url
 from cdra_plugin.llm.options import check as check_options
 
 # Failure kinds; the transient ones are retried. not_served: the replica answered 401, 403 or 404 (it cannot serve
@@ -397,3 +397,10 @@ def connect(urls: str | Sequence[str], model: str, option: str = "--backend", **
         return LLMClient(urls, model, **client_kwargs)
     except OptionError as exc:
         raise exc.named(option) if exc.key == "urls" else exc from None
+
+
+def connect_endpoint(endpoint: Endpoint, args, **overrides) -> LLMClient:
+    """The ``LLMClient`` a command's parsed ``args`` describe for ``endpoint`` (``overrides``: keywords that win); a
+    bad value is an ``OptionError`` naming the option as the command spells it."""
+    urls, model = endpoint.target(args)
+    return connect(urls, model, endpoint.urls, **endpoint.client_kwargs(args, **overrides))

@@ -13,7 +13,7 @@ here once:
 
     PRM.add_endpoint(group)                                     # --backend URL[,URL...] --model NAME (required)
     PRM.add_options(group, ("api_key", "timeout"), timeout=45.0)  # a command's own defaults where they differ
-    client = PRM.client(args, metrics=metrics)                  # OptionError naming the option as the user typed it
+    client = connect_endpoint(PRM, args, metrics=metrics)       # (llm.client) OptionError naming the option as typed
 
 An ``own`` option is spelt after the endpoint's URL option (``--generator-temperature``), for a command with two
 endpoints; the others keep their plain name (``--timeout``) and are shared by the command's endpoints. The API key
@@ -33,12 +33,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-if TYPE_CHECKING:
-    from cdra_plugin.llm.client import LLMClient
-
 
 # What a client option's value must be, as errors say it.
 RULES = {
@@ -215,12 +210,9 @@ class Endpoint:
             raise exc.named(self.option(exc.key)) from None
         return kwargs
 
-    def client(self, args, **overrides) -> LLMClient:
-        """The ``LLMClient`` the parsed ``args`` describe (``overrides``: ``LLMClient`` keywords that win)."""
-        from cdra_plugin.llm.client import connect
-
-        urls, model = getattr(args, _dest(self.urls)), getattr(args, _dest(self.model))
-        return connect(urls, model, self.urls, **self.client_kwargs(args, **overrides))
+    def target(self, args) -> tuple[str, str]:
+        """The base URL(s) and the model name the parsed ``args`` give this endpoint."""
+        return getattr(args, _dest(self.urls)), getattr(args, _dest(self.model))
 
 
 def _dest(option: str) -> str:
