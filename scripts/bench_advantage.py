@@ -35,11 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cdra_plugin import quiet_third_party  # noqa: E402
+
+quiet_third_party()  # before torch is imported (pynvml's deprecation notice)
+
+import torch  # noqa: E402
 from machine import describe  # noqa: E402
 
 from cdra_plugin.cdpa.advantage import MODES, cdpa_advantages  # noqa: E402
