@@ -45,6 +45,7 @@ from pathlib import Path
 from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's cdra_plugin for the script itself, as the other benchmarks do
 MODEL = "scripted-prm"
 SICK = ("404", "500", "hang")
 
