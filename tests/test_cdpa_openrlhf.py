@@ -186,6 +186,20 @@ def test_help_prints_the_cdpa_options_before_loading_the_host(monkeypatch):
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
+def test_help_read_in_part_ends_quietly():
+    """`cdra-train --help | head`: the reader closes the pipe after a few lines; no traceback, exit status 0."""
+    import subprocess
+    import sys
+
+    help_run = subprocess.Popen(
+        [sys.executable, "-m", "cdra_plugin.train", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert help_run.stdout.readline().startswith(b"usage: cdra-train")
+    help_run.stdout.close()  # what `head` does after its lines, long before the host's options are printed
+    assert help_run.wait(timeout=120) == 0
+    assert b"Traceback" not in help_run.stderr.read()
+
+
 def test_other_estimators_run_the_host_code_unchanged(monkeypatch, tiny_model_path, tiny_tokenizer, prompt_text):
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController

@@ -29,6 +29,7 @@ module imports OpenRLHF only inside ``run``, after printing its own help.
 
 import argparse
 import contextlib
+import os
 import re
 import runpy
 import sys
@@ -164,9 +165,7 @@ def _run_host(argv: list[str]) -> None:
 
 def run(argv: list[str]) -> None:
     if "-h" in argv or "--help" in argv:
-        build_cdpa_parser().print_help()
-        print(f"\nOpenRLHF train_ppo_ray options ({ESTIMATOR_OPTION}: the host's choices, plus cdpa):\n", flush=True)
-        _run_host(["--help"])  # the host's parser prints its options and exits
+        _print_help()
         return
     config, host_argv, is_cdpa = split_argv(argv)
 
@@ -188,6 +187,17 @@ def run(argv: list[str]) -> None:
         ),
     ):
         _run_host(host_argv)
+
+
+def _print_help() -> None:
+    """The CDPA options at once, then the host's (loading it takes seconds). A reader that stops early (``| head``)
+    ends the listing quietly: the rest goes to /dev/null, so neither Python's exit flush nor the host complains."""
+    try:
+        build_cdpa_parser().print_help()
+        print(f"\nOpenRLHF train_ppo_ray options ({ESTIMATOR_OPTION}: the host's choices, plus cdpa):\n", flush=True)
+        _run_host(["--help"])  # the host's parser prints its options and exits
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _require_streaming_host() -> None:
