@@ -15,6 +15,8 @@ Exit statuses and stderr, the same for every command:
                                                                            command's usage, for usage errors)
     130/143  SIGINT (Ctrl-C) / SIGTERM: every ``finally`` runs first, so    cdra COMMAND: interrupted (SIGINT);
              servers stop and no half-written output survives              what was kept
+    141      the reader of stdout went away (``| head``): stopped as a      nothing (the reader has what it wanted)
+             Unix tool is by SIGPIPE, ``finally`` blocks run first
 
 A command (``func`` of its parser) returns 0 or 1, raises ``ValueError`` for bad input and ``cdra_plugin.Failed``
 for a failed run, and lets ``KeyboardInterrupt`` through, re-raised as ``KeyboardInterrupt("what was kept")`` when
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import difflib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -119,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         kept = f"; {exc}" if str(exc) else ""
         print(f"cdra {name}: interrupted ({signal.Signals(signum).name}){kept}", file=sys.stderr, flush=True)
         return 128 + signum
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 128 + signal.SIGPIPE
     except (ValueError, *PATH_ERRORS) as exc:
         return _error(name, exc, 2)
     except (Failed, OSError) as exc:

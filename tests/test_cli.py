@@ -122,3 +122,14 @@ def test_the_gateway_stops_on_a_signal_with_the_shells_status_and_one_line(tmp_p
 def test_python_m_cdra_plugin_cli_is_the_cdra_command():
     out = cdra("traces", "show", "nothing.jsonl")
     assert out.returncode == 2 and out.stderr == "cdra traces show: error: nothing.jsonl: No such file or directory\n"
+
+
+def test_a_reader_that_goes_away_stops_a_command_as_sigpipe_stops_a_unix_tool():
+    """`cdra traces show ... | head`: no traceback and no error line, status 141 (128 + SIGPIPE)."""
+    shown = subprocess.Popen(
+        [sys.executable, "-m", "cdra_plugin.cli", "traces", "show", "examples/traces/cdpa_sample.jsonl"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    shown.stdout.close()  # gone before the command writes its first line
+    assert shown.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert shown.stderr.read() == b""
